@@ -253,7 +253,9 @@ _VAE_TOP_LEVEL = {
     "conv_out": "conv_out",
     "conv_norm_out": "norm_out",
 }
-_VAE_BLOCK_RE = re.compile(r"^(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)$")
+_VAE_BLOCK_RE = re.compile(
+    r"^(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)$"
+)
 _VAE_MID_RE = re.compile(r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random-weight IP2P models saved as diffusers folders and as original-layout single files."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+def _build(tmp_path_factory, name, sdxl=False, cosxl=False):
+    from ipx2p_core import testing
+
+    root = tmp_path_factory.mktemp(name)
+    comps = testing.tiny_sdxl_components(cosxl=cosxl) if sdxl else testing.tiny_sd_components()
+    folder = testing.save_diffusers_folder(comps, root / "diffusers", sdxl=sdxl)
+    return root, comps, folder
+
+
+def _single_file(root, comps, family):
+    from ipx2p_core.ldm_layout import save_single_file
+
+    encoders = (comps["text_encoder"], comps["text_encoder_2"]) if "text_encoder_2" in comps else (comps["text_encoder"],)
+    path = root / f"{family}.safetensors"
+    save_single_file(path, comps["unet"], comps["vae"], encoders, family)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """dict(folder=diffusers folder, file=single .safetensors, config=folder to use as the single file's config)."""
+    root, comps, folder = _build(tmp_path_factory, "tiny_sd")
+    return {"folder": folder, "file": _single_file(root, comps, "sd15"), "config": folder, "family": "sd15"}
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    root, comps, folder = _build(tmp_path_factory, "tiny_sdxl", sdxl=True)
+    return {"folder": folder, "file": _single_file(root, comps, "sdxl"), "config": folder, "family": "sdxl"}
+
+
+@pytest.fixture(scope="session")
+def tiny_cosxl(tmp_path_factory):
+    root, comps, folder = _build(tmp_path_factory, "tiny_cosxl", sdxl=True, cosxl=True)
+    return {"folder": folder, "file": _single_file(root, comps, "cosxl"), "config": folder, "family": "cosxl"}
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A deterministic 40x32 RGB 'photo' with smooth gradients and noise (not a multiple of 8 in width: 44)."""
+    rng = np.random.RandomState(0)
+    y, x = np.mgrid[0:32, 0:44]
+    base = np.stack([x * 5, y * 7, (x + y) * 3], axis=-1).astype(np.float64)
+    arr = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_known_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
