@@ -70,8 +70,13 @@ class ResizePolicy:
         if self.mode == "exact":
             return self.width - self.width % multiple, self.height - self.height % multiple, False
         factor = self.size / max(width, height)
-        factor = math.ceil(min(width, height) * factor / 64) * 64 / min(width, height)
-        return int((width * factor) // 64) * 64, int((height * factor) // 64) * 64, True
+        short_factor = math.ceil(min(width, height) * factor / 64) * 64 / min(width, height)
+        w, h = int((width * short_factor) // 64) * 64, int((height * short_factor) // 64) * 64
+        if max(w, h) > self.size + 63:
+            # Very elongated inputs: the original formula's rounding-up of the short side would blow the long side
+            # far past N. Keep the long side at N instead; the short side is at least 64 and cropped to fit.
+            w, h = (max(64, int(v * factor) // 64 * 64) for v in (width, height))
+        return w, h, True
 
 
 # --------------------------------------------------------------------------------------------------- input handling
@@ -296,3 +301,22 @@ def images_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """[B,H,W,3] floats in 0..1 → PIL images, rounding as diffusers does."""
     arr = (images.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
+
+
+def open_image(path) -> Image.Image:
+    """Open an image file for editing, upright (EXIF orientation applied), with clear errors."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise IP2PError(f"Image not found: {path} (looked for {p.resolve()}).")
+    try:
+        img = Image.open(p)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise IP2PError(f"{p} is too large to open safely ({exc}).") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise IP2PError(f"{p} is not an image this program can read ({type(exc).__name__}: {exc}).") from None
+    if img.width == 0 or img.height == 0:
+        raise IP2PError(f"{p} is empty ({img.width}×{img.height} pixels).")
+    return ImageOps.exif_transpose(img)

@@ -112,7 +112,12 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
                 "corrupt: download it again and compare its size with the source."
             ) from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
     except Exception as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "unpickl" in text.lower():
@@ -293,16 +298,20 @@ def _load_into(module, state_dict: Mapping[str, torch.Tensor], what: str, path: 
     """Load weights into a module built on the meta device; any missing or mis-shaped weight is a clear error."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(ignore)]
+    hint = (
+        "If this checkpoint has an unusual architecture, pass a matching diffusers-layout config folder "
+        "(load_model(config=...), CLI --config DIR); otherwise the file is damaged."
+    )
     if missing:
         raise IP2PError(
-            f"{path}: the {what} weights are incomplete: {len(missing)} tensors missing (e.g. {missing[0]}). "
-            "The file is truncated, a different architecture, or needs a matching config."
+            f"{path}: the {what} weights do not fit the config: {len(missing)} of {len(expected)} tensors missing "
+            f"(e.g. {missing[0]}). {hint}"
         )
     for k, v in expected.items():
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape):
             raise IP2PError(
                 f"{path}: the {what} weight {k} has shape {tuple(state_dict[k].shape)}, the config expects "
-                f"{tuple(v.shape)}. The checkpoint and its config describe different architectures."
+                f"{tuple(v.shape)}. {hint}"
             )
     filtered = {k: v for k, v in state_dict.items() if k in expected}
     module.load_state_dict(filtered, strict=False, assign=True)
