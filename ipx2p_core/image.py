@@ -289,11 +289,9 @@ def latents_to_preview(latents: torch.Tensor, family: str = "sd15", max_size: in
     previews = []
     for arr in rgb:
         img = Image.fromarray(arr)
-        scale = max(img.width, img.height)
-        img = img.resize((img.width * 8, img.height * 8), Image.Resampling.NEAREST) if scale * 8 <= max_size else img
-        if max(img.size) > max_size:
-            img.thumbnail((max_size, max_size))
-        previews.append(img)
+        scale = min(8.0, max_size / max(img.width, img.height))  # latents are 1/8 of the picture's size
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        previews.append(img.resize(size, Image.Resampling.BILINEAR) if size != img.size else img)
     return previews
 
 

@@ -118,12 +118,14 @@ def sample(
     *,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> Latents:
     """Run the dual-guidance denoising loop and return latents for ``decode_latents``.
 
     Output order: for each (instruction, image) pair, ``images_per_instruction`` consecutive samples.
     ``callback(step, total, latents)`` runs after every step; ``cancel()`` runs before every step and, if it returns
     true, sampling stops with ``Cancelled`` (nothing is modified: models and inputs are left as they were).
+    ``noise`` replaces the seeded starting noise (unit variance, [batch, 4, h, w]), as diffusers' ``latents`` does.
     """
     plan = validate_settings(settings)
     if cond.family != model.family.value or image.family != model.family.value:
@@ -161,7 +163,13 @@ def sample(
     from diffusers.utils.torch_utils import randn_tensor
 
     h_lat, w_lat = image.latents.shape[-2:]
-    latents = randn_tensor((batch, model.latent_channels, h_lat, w_lat), generator=generator, device=device, dtype=dtype)
+    shape = (batch, model.latent_channels, h_lat, w_lat)
+    if noise is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != shape:
+        raise IP2PError(f"Starting noise has shape {tuple(noise.shape)}; this run needs {shape}.")
+    else:
+        latents = noise.to(device, dtype)
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, generator, settings.eta)
 
