@@ -161,7 +161,7 @@ def _resize_batch(images: torch.Tensor, width: int, height: int, crop: bool) -> 
             for c in range(3):
                 pil = Image.fromarray(img[..., c].numpy(), mode="F")
                 pil = ImageOps.fit(pil, (width, height), method=method) if crop else pil.resize((width, height), method)
-                chans.append(torch.from_numpy(np.asarray(pil, dtype=np.float32)))
+                chans.append(torch.from_numpy(np.array(pil, dtype=np.float32)))
             out.append(torch.stack(chans, dim=-1).clamp(0, 1))
     return torch.stack(out)
 
