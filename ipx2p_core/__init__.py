@@ -12,6 +12,7 @@ from .errors import Cancelled, IP2PError
 from .guidance import plan_guidance
 from .image import ImageLatents, ResizePolicy, decode_latents, encode_image, images_to_pil, latents_to_preview
 from .models import MODEL_CACHE, Family, IP2PModel, load_model
+from .pipeline import EditResult, edit
 from .sampling import Latents, SamplerSettings, sample
 from .schedulers import SCHEDULERS, scheduler_names
 from .text import Conditioning, encode_instruction
@@ -31,6 +32,8 @@ __all__ = [
     "Family",
     "IP2PModel",
     "load_model",
+    "EditResult",
+    "edit",
     "Latents",
     "SamplerSettings",
     "sample",

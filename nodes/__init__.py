@@ -1,5 +1,30 @@
 """The node classes (ComfyUI V1 API). Installed standalone as the package ``ipx2p_nodes``; inside ComfyUI it is the
 ``nodes`` sub-package of the pack (never a top-level ``nodes``, which is ComfyUI's own module)."""
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from .decode import IPX2PDecode
+from .edit import IPX2PEditImage
+from .encode import IPX2PEncodeImage, IPX2PEncodeInstruction
+from .loaders import IPX2PApplyEmbedding, IPX2PApplyLoRA, IPX2PLoadModel
+from .sample import IPX2PSampler
+
+NODE_CLASS_MAPPINGS = {
+    "IPX2PLoadModel": IPX2PLoadModel,
+    "IPX2PApplyLoRA": IPX2PApplyLoRA,
+    "IPX2PApplyEmbedding": IPX2PApplyEmbedding,
+    "IPX2PEncodeInstruction": IPX2PEncodeInstruction,
+    "IPX2PEncodeImage": IPX2PEncodeImage,
+    "IPX2PSampler": IPX2PSampler,
+    "IPX2PDecode": IPX2PDecode,
+    "IPX2PEditImage": IPX2PEditImage,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "IPX2PLoadModel": "Load InstructPix2Pix Model",
+    "IPX2PApplyLoRA": "Apply LoRA (IP2P)",
+    "IPX2PApplyEmbedding": "Apply Embedding (IP2P)",
+    "IPX2PEncodeInstruction": "Encode Instruction (IP2P)",
+    "IPX2PEncodeImage": "Encode Image (IP2P)",
+    "IPX2PSampler": "Dual-Guidance Sampler (IP2P)",
+    "IPX2PDecode": "Decode (IP2P)",
+    "IPX2PEditImage": "Edit Image (InstructPix2Pix)",
+}

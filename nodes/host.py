@@ -41,6 +41,19 @@ def _walk_models(roots: list[Path], kind: str) -> list[str]:
     return sorted(names)
 
 
+def _find_under(roots: list[Path], name: str) -> Path | None:
+    """``name`` under one of the roots. The name may not climb out (no absolute paths, no '..'); symlinks placed
+    inside a models folder are followed, as users link big models in from other disks."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return None
+    for root in roots:
+        candidate = Path(os.path.normpath(root / rel))
+        if candidate.exists():
+            return candidate
+    return None
+
+
 class StandaloneHost:
     """Host for the runner and studio. ``models_dir`` holds checkpoints/, diffusers/, loras/, embeddings/."""
 
@@ -62,12 +75,7 @@ class StandaloneHost:
         return _walk_models(self.model_dirs(kind), kind)
 
     def resolve_model(self, kind: str, name: str) -> Path | None:
-        for root in self.model_dirs(kind):
-            root = root.resolve()
-            candidate = (root / name).resolve()
-            if candidate.is_relative_to(root) and candidate.exists():
-                return candidate
-        return None
+        return _find_under(self.model_dirs(kind), name)
 
     # device and memory
     def device(self) -> str:
@@ -121,11 +129,7 @@ class ComfyHost:
         import folder_paths
 
         if kind == "diffusers":
-            for root in self.model_dirs(kind):
-                candidate = (root / name).resolve()
-                if candidate.is_relative_to(root.resolve()) and (candidate / "model_index.json").exists():
-                    return candidate
-            return None
+            return _find_under(self.model_dirs(kind), name)
         path = folder_paths.get_full_path(kind, name)
         return Path(path) if path else None
 

@@ -1,0 +1,145 @@
+"""Load Model, Apply LoRA, Apply Embedding."""
+
+from __future__ import annotations
+
+import os
+
+from ._engine import core
+from .common import CATEGORY, MODEL
+from .host import get_host
+
+DIFFUSERS_TAG = "[diffusers] "
+
+
+def model_choices() -> list[str]:
+    host = get_host()
+    return [*host.list_models("checkpoints"), *(DIFFUSERS_TAG + n for n in host.list_models("diffusers"))]
+
+
+def resolve_model_choice(name: str):
+    host = get_host()
+    if name.startswith(DIFFUSERS_TAG):
+        kind, rel = "diffusers", name[len(DIFFUSERS_TAG):]
+    else:
+        kind, rel = "checkpoints", name
+    path = host.resolve_model(kind, rel)
+    if path is None:
+        where = ", ".join(str(d) for d in host.model_dirs(kind))
+        raise core.IP2PError(f"Model {name!r} not found in the {kind} folders ({where}).")
+    return path
+
+
+def _stamp(path) -> float:
+    try:
+        target = os.path.join(path, "model_index.json") if os.path.isdir(path) else path
+        return os.path.getmtime(target)
+    except OSError:
+        return float("nan")
+
+
+class IPX2PLoadModel:
+    DESCRIPTION = ("Load an InstructPix2Pix model: SD 1.5 (timbrooks, MagicBrush, HQ-Edit), SDXL IP2P or CosXL "
+                   "Edit, from a single .safetensors checkpoint or a diffusers folder. The family is read from the "
+                   "weights.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded model; connect it to the encode, sample and decode nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (model_choices(), {"tooltip": "A checkpoint from models/checkpoints, or a diffusers "
+                                                            "folder (with model_index.json) from models/diffusers."}),
+                "family": (["auto", "sd15", "sdxl", "cosxl"], {"default": "auto",
+                                                               "tooltip": "auto reads the family from the weights."}),
+                "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
+                                                             "tooltip": "auto = fp16 on a GPU, fp32 on the CPU."}),
+                "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
+                                                            "tooltip": "Where the model runs; auto follows the host "
+                                                                       "(ComfyUI's --cpu etc.)."}),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_):
+        try:
+            return f"{model_name}:{_stamp(resolve_model_choice(model_name))}"
+        except core.IP2PError:
+            return model_name
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name, **_):
+        try:
+            resolve_model_choice(model_name)
+        except core.IP2PError as exc:
+            return str(exc)
+        return True
+
+    def load(self, model_name, family="auto", dtype="auto", device="auto"):
+        path = resolve_model_choice(model_name)
+        dev = core.models.parse_device(get_host().device() if device == "auto" else device)
+        if dtype == "auto":
+            dtype = "fp16" if dev.type in ("cuda", "mps") else "fp32"
+        return (core.load_model(path, family=family, dtype=dtype, device=dev),)
+
+
+class IPX2PApplyLoRA:
+    DESCRIPTION = ("Apply a LoRA (kohya/A1111, diffusers or peft format). Returns a new model; the input model and "
+                   "other branches are unchanged, and the base weights are shared, not copied.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with this LoRA added to its stack.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The model to add the LoRA to (chain several Apply LoRA nodes)."}),
+                "lora_name": (get_host().list_models("loras"), {"tooltip": "A LoRA file from models/loras."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                             "tooltip": "LoRA strength on the UNet (negative inverts it)."}),
+                "strength_text": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                            "tooltip": "LoRA strength on the text encoder(s)."}),
+            }
+        }
+
+    def apply(self, model, lora_name, strength_model=1.0, strength_text=1.0):
+        path = get_host().resolve_model("loras", lora_name)
+        if path is None:
+            raise core.IP2PError(f"LoRA {lora_name!r} not found in the loras folders.")
+        return (core.apply_lora(model, path, strength_model=strength_model, strength_text=strength_text),)
+
+
+class IPX2PApplyEmbedding:
+    DESCRIPTION = ("Add a textual-inversion embedding. Use it in instructions as embedding:NAME (or by its own "
+                   "token). Returns a new model; other branches do not see it.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model that understands embedding:NAME.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The model to add the embedding to."}),
+                "embedding_name": (get_host().list_models("embeddings"),
+                                   {"tooltip": "An embedding file from models/embeddings."}),
+            },
+            "optional": {
+                "name": ("STRING", {"default": "", "tooltip": "Name to use in instructions as embedding:NAME; "
+                                                              "empty = the file name without extension."}),
+            },
+        }
+
+    def apply(self, model, embedding_name, name=""):
+        path = get_host().resolve_model("embeddings", embedding_name)
+        if path is None:
+            raise core.IP2PError(f"Embedding {embedding_name!r} not found in the embeddings folders.")
+        return (core.apply_embedding(model, path, name=name or None),)

@@ -1,0 +1,89 @@
+"""The node classes called directly (as ComfyUI calls them): schemas, staged vs one-node equality, LATENT layout,
+progress and interrupt through the host seam."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import ipx2p_nodes
+from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+
+
+@pytest.fixture()
+def host(tmp_path, tiny_sd, tiny_sdxl):
+    models = tmp_path / "models"
+    (models / "diffusers").mkdir(parents=True)
+    (models / "checkpoints").mkdir()
+    os.symlink(tiny_sd["folder"], models / "diffusers" / "tiny-sd")
+    os.symlink(tiny_sdxl["folder"], models / "diffusers" / "tiny-sdxl")
+    h = StandaloneHost(models_dir=models, device="cpu")
+    previous = get_host()
+    set_host(h)
+    yield h
+    set_host(previous)
+
+
+def _image(photo):
+    return torch.from_numpy(np.asarray(photo).astype(np.float32) / 255.0)[None]
+
+
+def node(name):
+    return ipx2p_nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+def test_every_node_has_category_tooltips_and_function(host):
+    for name, cls in ipx2p_nodes.NODE_CLASS_MAPPINGS.items():
+        assert name.startswith("IPX2P") and cls.CATEGORY.startswith("InstructPix2Pix")
+        assert name in ipx2p_nodes.NODE_DISPLAY_NAME_MAPPINGS and cls.DESCRIPTION
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for input_name, (kind, *opts) in spec.get(section, {}).items():
+                assert opts and opts[0].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert hasattr(cls, cls.FUNCTION) and len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+def test_model_list_comes_from_host_folders(host):
+    choices = ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].INPUT_TYPES()["required"]["model_name"][0]
+    assert choices == ["[diffusers] tiny-sd", "[diffusers] tiny-sdxl"]
+    assert ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].VALIDATE_INPUTS(model_name="nope.safetensors") \
+        .startswith("Model 'nope.safetensors' not found in the checkpoints folders")
+
+
+@pytest.mark.parametrize("model_name", ["[diffusers] tiny-sd", "[diffusers] tiny-sdxl"])
+def test_staged_nodes_equal_one_node_edit(host, photo, model_name):
+    (model,) = node("IPX2PLoadModel").load(model_name, "auto", "auto", "auto")
+    image = _image(photo)
+    sampler = dict(seed=7, steps=3, scheduler="auto", text_guidance=7.5, image_guidance=1.5)
+    (cond,) = node("IPX2PEncodeInstruction").encode(model, "make it winter", "blurry")
+    (lat,) = node("IPX2PEncodeImage").encode(model, image, "fit", 64, 512, 512)
+    (latent,) = node("IPX2PSampler").sample(model, cond, lat, **sampler)
+    (staged,) = node("IPX2PDecode").decode(model, latent, True)
+    (one,) = node("IPX2PEditImage").edit(model, image, "make it winter", "blurry", **sampler, resize="fit", size=64,
+                                         restore_size=True)
+    assert staged.shape == one.shape == (1, 32, 44, 3) and staged.dtype == torch.float32
+    assert torch.equal(staged, one)
+    # LATENT follows ComfyUI's layout: unscaled VAE latents at the working size
+    assert latent["samples"].shape == (1, 4, 32, 32) and latent["ipx2p"]["original_size"] == (32, 44)
+
+
+def test_sampler_reports_progress_and_previews_and_stops_on_interrupt(host, photo):
+    (model,) = node("IPX2PLoadModel").load("[diffusers] tiny-sd", "auto", "fp32", "cpu")
+    (cond,) = node("IPX2PEncodeInstruction").encode(model, "x", "")
+    (lat,) = node("IPX2PEncodeImage").encode(model, _image(photo), "keep", 512, 512, 512)
+    seen = []
+    host.progress_callback = lambda step, total, preview: seen.append((step, total, preview))
+    node("IPX2PSampler").sample(model, cond, lat, seed=1, steps=3, scheduler="euler", text_guidance=5.0,
+                                image_guidance=1.5)
+    assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert seen[0][2].mode == "RGB"  # a latent preview each step
+    host.progress_callback = lambda step, total, preview: host.interrupt() if step == 1 else None
+    from ipx2p_core import Cancelled
+
+    with pytest.raises(Cancelled):
+        node("IPX2PSampler").sample(model, cond, lat, seed=1, steps=3, scheduler="euler", text_guidance=5.0,
+                                    image_guidance=1.5)
+    host.clear_interrupt()
