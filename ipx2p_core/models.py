@@ -20,6 +20,7 @@ import torch
 
 from .configs import CLIP_TOKENIZER_DIR, family_config_dir
 from .errors import IP2PError
+from .speedups import install_cpu_conv_fastpath
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class IP2PModel:
     source: str
     force_zeros_for_empty_prompt: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # Set by ipx2p_core.adapters (apply_lora / apply_embedding): the LoRAs (adapter name + strengths) and
+    # textual-inversion embeddings this handle uses on top of the shared modules. Not part of any cache key.
+    loras: tuple = ()
+    embeddings: tuple = ()
 
     @property
     def vae_scale_factor(self) -> int:
@@ -92,7 +97,12 @@ class IP2PModel:
         return next(self.vae.parameters()).dtype
 
     def describe(self) -> str:
-        return f"{self.family.label} from {self.source} ({str(self.dtype).replace('torch.', '')}, {self.device})"
+        text = f"{self.family.label} from {self.source} ({str(self.dtype).replace('torch.', '')}, {self.device})"
+        if self.loras:
+            text += f" + {len(self.loras)} LoRA{'s' if len(self.loras) > 1 else ''}"
+        if self.embeddings:
+            text += f" + {len(self.embeddings)} embedding{'s' if len(self.embeddings) > 1 else ''}"
+        return text
 
 
 # --------------------------------------------------------------------------------------------------- weights reading
@@ -451,6 +461,7 @@ def _finish(family, unet, vae, encoders, tokenizers, scheduler_config, dtype, de
     encoders = tuple(_model_dtype_device(te, dtype, device) for te in encoders)
     for m in (unet, vae, *encoders):
         m.requires_grad_(False)
+    install_cpu_conv_fastpath(unet)
     return IP2PModel(
         family=family,
         unet=unet,
