@@ -8,12 +8,13 @@
 """
 
 from . import defaults
+from .adapters import apply_embedding, apply_lora, save_lora_stack, save_merged_model
 from .errors import Cancelled, IP2PError
 from .guidance import plan_guidance
 from .image import ImageLatents, ResizePolicy, decode_latents, encode_image, images_to_pil, latents_to_preview
 from .models import MODEL_CACHE, Family, IP2PModel, load_model
-from .pipeline import EditResult, edit
-from .sampling import Latents, SamplerSettings, sample
+from .pipeline import EditResult, edit, edit_chain, guidance_sweep
+from .sampling import Latents, SamplerSettings, sample, sweep
 from .schedulers import SCHEDULERS, scheduler_names
 from .text import Conditioning, encode_instruction
 
@@ -34,6 +35,9 @@ __all__ = [
     "load_model",
     "EditResult",
     "edit",
+    "edit_chain",
+    "guidance_sweep",
+    "sweep",
     "Latents",
     "SamplerSettings",
     "sample",
@@ -41,4 +45,8 @@ __all__ = [
     "scheduler_names",
     "Conditioning",
     "encode_instruction",
+    "apply_lora",
+    "apply_embedding",
+    "save_lora_stack",
+    "save_merged_model",
 ]

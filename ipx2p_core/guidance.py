@@ -33,10 +33,14 @@ class GuidancePlan:
     rescale: float = 0.0
 
     def combine(self, noise_pred: torch.Tensor) -> torch.Tensor:
-        chunks = dict(zip(self.passes, noise_pred.chunk(len(self.passes))))
-        if len(self.passes) == 1:
-            return chunks[TEXT] if TEXT in chunks else chunks[self.passes[0]]
+        """Guided noise from one UNet output holding this plan's passes, in order."""
+        return self.apply(dict(zip(self.passes, noise_pred.chunk(len(self.passes)))))
+
+    def apply(self, chunks: dict) -> torch.Tensor:
+        """Guided noise from the predictions of each pass (extra passes in ``chunks`` are ignored)."""
         eps_t = chunks[TEXT]
+        if len(self.passes) == 1:
+            return eps_t
         if len(self.passes) == 2:
             eps_i = chunks[IMAGE]
             eps = eps_i + self.text_scale * (eps_t - eps_i)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import IP2PError
+from .masks import EditRegion, composite, latent_mask, process_mask
 from .models import IP2PModel
 
 MAX_SIDE = 8192  # beyond this the UNet's attention and the VAE need more memory than any single GPU has
@@ -199,6 +200,7 @@ class ImageLatents:
     original_size: tuple[int, int]
     size: tuple[int, int]
     family: str
+    region: "EditRegion | None" = None  # set when a mask limits the edit to a region
 
     @property
     def model_latents(self) -> torch.Tensor:
@@ -214,12 +216,26 @@ def _use_tiling(tiled: bool | None, pixels: int) -> bool:
 
 
 def encode_image(
-    model: IP2PModel, image, resize: "ResizePolicy | str | None" = "keep", *, tiled: bool | None = None
+    model: IP2PModel,
+    image,
+    resize: "ResizePolicy | str | None" = "keep",
+    *,
+    mask=None,
+    mask_grow: int = 0,
+    mask_feather: int = 0,
+    tiled: bool | None = None,
 ) -> ImageLatents:
-    """Encode input image(s) for editing. ``tiled=None`` tiles the VAE automatically above 4 megapixels."""
+    """Encode input image(s) for editing. ``tiled=None`` tiles the VAE automatically above 4 megapixels.
+
+    ``mask`` (1 = edit, 0 = keep; any size, stretched to the image with a warning) limits the edit to a region:
+    ``mask_grow`` dilates (or, negative, erodes) it by that many pixels, ``mask_feather`` softens its edge inwards.
+    """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     pixels, original = prepare_images(image, resize, model.vae_scale_factor)
+    region = None
+    if mask is not None:
+        region = _edit_region(image, pixels, original, mask, mask_grow, mask_feather, resize, model.vae_scale_factor)
     x = (pixels.permute(0, 3, 1, 2) * 2.0 - 1.0).to(model.device, model.vae_dtype)
     with torch.inference_mode():
         if _use_tiling(tiled, x.shape[-1] * x.shape[-2]):
@@ -233,7 +249,37 @@ def encode_image(
         original_size=original,
         size=(int(x.shape[-2]), int(x.shape[-1])),
         family=model.family.value,
+        region=region,
     )
+
+
+def _edit_region(image, pixels, original, mask, grow_px, feather_px, policy, factor) -> EditRegion:
+    """The mask at the original size (for the final composite) and at the working size, through the same resize
+    geometry as the picture (stretch, or crop-to-fit for fit:N)."""
+    source = to_image_batch(image)
+    batch, (h0, w0), (h, w) = pixels.shape[0], original, tuple(pixels.shape[1:3])
+    source_mask = process_mask(mask, h0, w0, batch, grow_px, feather_px)
+    pixel_mask = source_mask
+    if (h, w) != (h0, w0):
+        _, _, crop = ResizePolicy.parse(policy).target(w0, h0, factor)
+        pixel_mask = _resize_masks(source_mask, w, h, crop)
+    return EditRegion(
+        pixel_mask=pixel_mask,
+        latent_mask=latent_mask(pixel_mask, (h // factor, w // factor)),
+        pixels=pixels,
+        source_mask=source_mask,
+        source_pixels=source,
+    )
+
+
+def _resize_masks(masks: torch.Tensor, width: int, height: int, crop: bool) -> torch.Tensor:
+    out = []
+    for m in masks:
+        pil = Image.fromarray(m.numpy(), mode="F")
+        method = Image.Resampling.BILINEAR  # no ringing: a hard 0 stays 0 away from the edge
+        pil = ImageOps.fit(pil, (width, height), method=method) if crop else pil.resize((width, height), method)
+        out.append(torch.from_numpy(np.array(pil, dtype=np.float32)).clamp(0, 1))
+    return torch.stack(out)
 
 
 def decode_latents(
@@ -242,10 +288,12 @@ def decode_latents(
     *,
     restore_size: tuple[int, int] | None = None,
     tiled: bool | None = None,
+    region: EditRegion | None = None,
 ) -> torch.Tensor:
     """Latents (diffusers space, i.e. scaled) → float32 images [B,H,W,3] in 0..1 on the CPU.
 
-    ``restore_size`` (height, width) resizes the result back to the input's original size.
+    ``restore_size`` (height, width) resizes the result back to the input's original size. ``region`` (from a
+    masked ``encode_image``) puts the input's pixels back wherever the mask is 0.
     """
     vae = model.vae
     z = latents.to(model.device, model.vae_dtype)
@@ -262,7 +310,22 @@ def decode_latents(
     images = (out / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
     if restore_size is not None and tuple(restore_size) != tuple(images.shape[1:3]):
         images = _resize_batch(images, restore_size[1], restore_size[0], crop=False)
+    if region is not None:
+        images = _composite_region(images, region)
     return images
+
+
+def _composite_region(images: torch.Tensor, region: EditRegion) -> torch.Tensor:
+    """Put the input back outside the mask, at whichever size the images are (working or original)."""
+    if tuple(images.shape[1:3]) == tuple(region.source_pixels.shape[1:3]):
+        original, mask = region.source_pixels, region.source_mask
+    elif tuple(images.shape[1:3]) == tuple(region.pixels.shape[1:3]):
+        original, mask = region.pixels, region.pixel_mask
+    else:
+        raise IP2PError(f"Cannot apply the edit mask: images are {tuple(images.shape[1:3])}, the mask is for "
+                        f"{tuple(region.pixels.shape[1:3])} or {tuple(region.source_pixels.shape[1:3])}.")
+    n = images.shape[0] // original.shape[0]  # several edits per input: the input repeats for each
+    return composite(images, original.repeat_interleave(n, 0), mask.repeat_interleave(n, 0))
 
 
 # -------------------------------------------------------------------------------------------------- latent previews
@@ -318,3 +381,30 @@ def open_image(path) -> Image.Image:
     if img.width == 0 or img.height == 0:
         raise IP2PError(f"{p} is empty ({img.width}×{img.height} pixels).")
     return ImageOps.exif_transpose(img)
+
+
+def contact_sheet(images: torch.Tensor, columns: int, labels: Sequence[str] | None = None,
+                  max_cell: int = 384) -> torch.Tensor:
+    """Lay images [N,H,W,3] out in a grid with a caption under each; returns one IMAGE [1,H',W',3]."""
+    from PIL import ImageDraw, ImageFont
+
+    n = images.shape[0]
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    pils = images_to_pil(images)
+    scale = min(1.0, max_cell / max(pils[0].size))
+    cw, ch = max(1, round(pils[0].width * scale)), max(1, round(pils[0].height * scale))
+    caption = 22 if labels else 0
+    sheet = Image.new("RGB", (columns * cw + (columns + 1) * 4, rows * (ch + caption) + (rows + 1) * 4), (24, 24, 28))
+    draw = ImageDraw.Draw(sheet)
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    for i, pil in enumerate(pils):
+        r, c = divmod(i, columns)
+        x, y = 4 + c * (cw + 4), 4 + r * (ch + caption + 4)
+        sheet.paste(pil.resize((cw, ch), Image.Resampling.LANCZOS) if scale != 1.0 else pil, (x, y))
+        if labels:
+            draw.text((x + 2, y + ch + 3), labels[i], fill=(230, 230, 230), font=font)
+    return torch.from_numpy(np.asarray(sheet).astype(np.float32) / 255.0)[None]

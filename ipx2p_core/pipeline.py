@@ -1,4 +1,4 @@
-"""The whole edit in one call, composed from the stages (used by the CLI and the one-node Edit Image)."""
+"""Whole edits composed from the stages: one edit, an instruction chain, a guidance sweep with its contact sheet."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .image import ResizePolicy, decode_latents, encode_image
+from .errors import IP2PError
+from .image import ResizePolicy, contact_sheet, decode_latents, encode_image
 from .models import IP2PModel
-from .sampling import Latents, SamplerSettings, StepCallback, sample
+from .sampling import Latents, SamplerSettings, StepCallback, sample, sweep
 from .text import encode_instruction
 
 
@@ -28,15 +29,86 @@ def edit(
     settings: SamplerSettings = SamplerSettings(),
     resize: ResizePolicy | str | None = "keep",
     restore_size: bool = False,
+    mask=None,
+    mask_grow: int = 0,
+    mask_feather: int = 0,
     tiled: bool | None = None,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> EditResult:
-    """Edit ``image`` following ``instruction``: encode both, sample with dual guidance, decode."""
+    """Edit ``image`` following ``instruction``: encode both, sample with dual guidance, decode.
+
+    With ``mask`` (1 = edit) the pixels outside the mask are the input's, exactly.
+    """
     cond = encode_instruction(model, instruction, negative)
-    latents_in = encode_image(model, image, resize, tiled=tiled)
+    latents_in = encode_image(model, image, resize, mask=mask, mask_grow=mask_grow, mask_feather=mask_feather,
+                              tiled=tiled)
     latents = sample(model, cond, latents_in, settings, callback=callback, cancel=cancel)
-    images = decode_latents(
-        model, latents.samples, restore_size=latents.original_size if restore_size else None, tiled=tiled
-    )
+    images = decode_latents(model, latents.samples, restore_size=latents.original_size if restore_size else None,
+                            tiled=tiled, region=latents.region)
     return EditResult(images=images, latents=latents)
+
+
+def edit_chain(
+    model: IP2PModel,
+    image,
+    instructions: Sequence[str],
+    *,
+    negative: str | None = None,
+    settings: SamplerSettings = SamplerSettings(),
+    resize: ResizePolicy | str | None = "keep",
+    restore_size: bool = False,
+    callback: StepCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[EditResult]:
+    """Apply instructions one after another, each result the next input; returns every intermediate result.
+
+    Every link uses the same settings and seed. A chain of one instruction is exactly ``edit``.
+    """
+    steps = [s for s in (instructions or []) if s and s.strip()]
+    if not steps:
+        raise IP2PError("An instruction chain needs at least one non-empty instruction.")
+    if settings.images_per_instruction != 1:
+        raise IP2PError("An instruction chain makes one image per link; set images per instruction to 1.")
+    results, current = [], image
+    for text in steps:
+        result = edit(model, current, text, negative=negative, settings=settings, resize=resize,
+                      restore_size=restore_size, callback=callback, cancel=cancel)
+        results.append(result)
+        current = result.images
+    return results
+
+
+@dataclass(frozen=True, eq=False)
+class SweepImages:
+    images: torch.Tensor  # [cells * rows, H, W, 3], cells in order (text guidance varies slowest)
+    sheet: torch.Tensor  # [1, H', W', 3] labelled contact sheet of the first row of every cell
+    cells: tuple[tuple[float, float], ...]
+
+
+def guidance_sweep(
+    model: IP2PModel,
+    image,
+    instruction: str,
+    text_guidances: Sequence[float],
+    image_guidances: Sequence[float],
+    *,
+    negative: str | None = None,
+    settings: SamplerSettings = SamplerSettings(),
+    resize: ResizePolicy | str | None = "keep",
+    restore_size: bool = False,
+    max_rows: int | None = None,
+    callback: StepCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SweepImages:
+    """Edit with every (text, image) guidance pair and the same seed, plus a labelled contact sheet."""
+    cond = encode_instruction(model, instruction, negative)
+    latents_in = encode_image(model, image, resize)
+    result = sweep(model, cond, latents_in, settings, text_guidances, image_guidances, max_rows=max_rows,
+                   callback=callback, cancel=cancel)
+    restore = result.latents.original_size if restore_size else None
+    images = decode_latents(model, result.latents.samples, restore_size=restore)
+    firsts = images[:: result.rows_per_cell]
+    labels = [f"text {t:g} / image {g:g}" for t, g in result.cells]
+    sheet = contact_sheet(firsts, columns=len(list(image_guidances)), labels=labels)
+    return SweepImages(images=images, sheet=sheet, cells=result.cells)

@@ -1,28 +1,40 @@
-"""The denoising loop: schedulers by name, dual guidance with pass pruning, step callbacks and cancellation."""
+"""The denoising loop: schedulers by name, dual guidance with pass pruning, step callbacks and cancellation.
+
+One loop serves a single edit and a guidance sweep: a sweep's cells (pairs of guidance scales) share the UNet call
+of every step, while each keeps its own scheduler, noise and guidance, so a cell equals the single run with its
+settings. Edit strength, masked (regional) edits and an image-guidance schedule are options of the same loop.
+"""
 
 from __future__ import annotations
 
 import inspect
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
-from . import defaults
+from . import adapters, defaults
 from .errors import Cancelled, IP2PError
-from .guidance import IMAGE, TEXT, UNCOND, GuidancePlan, plan_guidance
+from .guidance import IMAGE, TEXT, UNCOND, GuidancePlan, check_scale, plan_guidance
 from .image import ImageLatents
+from .masks import EditRegion
 from .models import IP2PModel
 from .schedulers import make_scheduler
 from .text import Conditioning
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+PASS_ORDER = (TEXT, IMAGE, UNCOND)
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Everything that decides a sampling run besides the model and its inputs. Defaults live in ``defaults``."""
+    """Everything that decides a sampling run besides the model and its inputs. Defaults live in ``defaults``.
+
+    ``strength`` < 1 starts from the input's latents noised to that level instead of pure noise (structure is
+    kept); 1 is the standard edit. ``image_guidance_end`` makes image guidance change linearly from
+    ``image_guidance`` at the first step to this value at the last.
+    """
 
     steps: int = defaults.STEPS
     text_guidance: float = defaults.TEXT_GUIDANCE
@@ -34,6 +46,8 @@ class SamplerSettings:
     guidance_rescale: float = 0.0
     denoising_end: float | None = None
     diffusers_gate: bool = False
+    strength: float = 1.0
+    image_guidance_end: float | None = None
 
     def with_(self, **changes) -> "SamplerSettings":
         return replace(self, **changes)
@@ -41,13 +55,14 @@ class SamplerSettings:
 
 @dataclass(frozen=True, eq=False)
 class Latents:
-    """Sampled latents in diffusers' (scaled) space, with the sizes needed to decode them back."""
+    """Sampled latents in diffusers' (scaled) space, with what decoding needs: sizes and the edit region."""
 
     samples: torch.Tensor
     original_size: tuple[int, int]
     size: tuple[int, int]
     family: str
     settings: SamplerSettings | None = None
+    region: EditRegion | None = None
 
 
 class StepCallback(Protocol):
@@ -67,6 +82,10 @@ def validate_settings(s: SamplerSettings) -> GuidancePlan:
         raise IP2PError(f"eta must be between 0 and 1, got {s.eta!r}.")
     if s.denoising_end is not None and not (0.0 < float(s.denoising_end) <= 1.0):
         raise IP2PError(f"Denoising end must be in (0, 1], got {s.denoising_end!r}.")
+    if not isinstance(s.strength, (int, float)) or math.isnan(s.strength) or not 0.0 < s.strength <= 1.0:
+        raise IP2PError(f"Edit strength must be in (0, 1] (1 = a full edit from noise), got {s.strength!r}.")
+    if s.image_guidance_end is not None:
+        check_scale(s.image_guidance_end, "Image guidance end")
     return plan_guidance(s.text_guidance, s.image_guidance, s.guidance_rescale, s.diffusers_gate)
 
 
@@ -87,9 +106,18 @@ def _pair(cond: Conditioning, image: ImageLatents) -> tuple[int, torch.Tensor, t
     return n, idx_p, idx_i
 
 
-def _timesteps(scheduler, steps: int, denoising_end: float | None, device) -> torch.Tensor:
+def _timesteps(scheduler, steps: int, denoising_end: float | None, strength: float, device) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
+    if strength < 1.0:
+        # As diffusers' img2img: skip the noisiest part of the schedule.
+        order = getattr(scheduler, "order", 1)
+        t_start = steps - min(int(steps * strength), steps)
+        if t_start >= steps:
+            raise IP2PError(f"Edit strength {strength} leaves no step out of {steps}; raise strength or steps.")
+        timesteps = timesteps[t_start * order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * order)
     if denoising_end is not None and 0 < denoising_end < 1:
         if not type(scheduler).__name__.startswith("EDM"):
             cutoff = int(round(scheduler.config.num_train_timesteps * (1 - denoising_end)))
@@ -110,6 +138,154 @@ def _step_kwargs(scheduler, generator, eta) -> dict:
     return kwargs
 
 
+def _image_guidance_at(s: SamplerSettings, k: int, n: int) -> float:
+    if s.image_guidance_end is None or n <= 1:
+        return float(s.image_guidance)
+    return float(s.image_guidance) + (float(s.image_guidance_end) - float(s.image_guidance)) * k / (n - 1)
+
+
+def _step_plans(s: SamplerSettings, base: GuidancePlan, n: int) -> list[GuidancePlan]:
+    """The guidance plan of each step: constant, or with the image scale on its linear schedule."""
+    if s.image_guidance_end is None:
+        return [base] * n
+    plans = [plan_guidance(s.text_guidance, _image_guidance_at(s, k, n), s.guidance_rescale, s.diffusers_gate)
+             for k in range(n)]
+    widest = max(plans, key=lambda p: len(p.passes)).passes  # one set of UNet passes for the whole run
+    return [replace(p, passes=widest) for p in plans]
+
+
+@dataclass
+class _Cell:
+    """One guidance setting's own state: scheduler, generator, noise, latents, plans."""
+
+    settings: SamplerSettings
+    scheduler: object
+    generator: torch.Generator
+    noise: torch.Tensor
+    latents: torch.Tensor
+    plans: list
+    step_kwargs: dict
+
+
+def _run(
+    model: IP2PModel,
+    cond: Conditioning,
+    image: ImageLatents,
+    cells_settings: Sequence[SamplerSettings],
+    callback: StepCallback | None,
+    cancel: Callable[[], bool] | None,
+    noise: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    if cond.family != model.family.value or image.family != model.family.value:
+        raise IP2PError(
+            f"Inputs were encoded for another model family (instruction: {cond.family}, image: {image.family}, "
+            f"model: {model.family.value}); encode them with this model."
+        )
+    bases = [validate_settings(s) for s in cells_settings]
+    first = cells_settings[0]
+    device, dtype = model.device, model.dtype
+    n_pairs, idx_p, idx_i = _pair(cond, image)
+    per = first.images_per_instruction
+    batch = n_pairs * per
+    rep = lambda t, idx: t[idx.to(t.device)].repeat_interleave(per, dim=0)  # noqa: E731
+    from diffusers.utils.torch_utils import randn_tensor
+
+    h_lat, w_lat = image.latents.shape[-2:]
+    shape = (batch, model.latent_channels, h_lat, w_lat)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise IP2PError(f"Starting noise has shape {tuple(noise.shape)}; this run needs {shape}.")
+    init = rep(image.latents, idx_i).to(device, dtype) * float(model.vae.config.scaling_factor)
+    region = image.region
+    keep_mask = None
+    if region is not None:
+        keep_mask = 1.0 - rep(region.latent_mask, idx_i).to(device, dtype)
+
+    cells: list[_Cell] = []
+    timesteps = None
+    for s, base in zip(cells_settings, bases):
+        scheduler = make_scheduler(s.scheduler, model.scheduler_config)
+        timesteps = _timesteps(scheduler, s.steps, s.denoising_end, s.strength, device)
+        generator = cpu_generator(s.seed)
+        cell_noise = (randn_tensor(shape, generator=generator, device=device, dtype=dtype) if noise is None
+                      else noise.to(device, dtype))
+        if s.strength < 1.0:
+            latents = scheduler.add_noise(init, cell_noise, timesteps[:1].repeat(batch))
+        else:
+            latents = cell_noise * scheduler.init_noise_sigma
+        plans = _step_plans(s, base, len(timesteps))
+        cells.append(_Cell(s, scheduler, generator, cell_noise, latents, plans,
+                           _step_kwargs(scheduler, generator, s.eta)))
+
+    # The UNet passes every cell needs (a cell that needs fewer ignores the extra ones).
+    needed = {p for c in cells for plan in c.plans[:1] for p in plan.passes}
+    passes = tuple(p for p in PASS_ORDER if p in needed)
+    n_cells, n_pass = len(cells), len(passes)
+    rows = n_cells * batch
+
+    embeds = {TEXT: rep(cond.embeds, idx_p), IMAGE: rep(cond.negative_embeds, idx_p)}
+    embeds[UNCOND] = embeds[IMAGE]
+    img = rep(image.model_latents, idx_i).to(device, dtype)
+    img_by_pass = {TEXT: img, IMAGE: img, UNCOND: torch.zeros_like(img)}
+    tile = (lambda t: t.repeat(n_cells, *([1] * (t.ndim - 1)))) if n_cells > 1 else (lambda t: t)  # noqa: E731
+    prompt_embeds = torch.cat([tile(embeds[p]) for p in passes]).to(device, dtype)
+    image_cond = torch.cat([tile(img_by_pass[p]) for p in passes])
+    added = None
+    if model.family.is_xl:
+        pooled = {TEXT: rep(cond.pooled, idx_p), IMAGE: rep(cond.negative_pooled, idx_p)}
+        pooled[UNCOND] = pooled[IMAGE]
+        h, w = image.size
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype, device=device)
+        added = {
+            "text_embeds": torch.cat([tile(pooled[p]) for p in passes]).to(device, dtype),
+            "time_ids": time_ids.repeat(rows * n_pass, 1),
+        }
+        _check_time_embedding(model, added)
+
+    # One input buffer reused every step: noisy latents in the first channels, image latents after them.
+    channels = model.latent_channels
+    unet_in = torch.empty((rows * n_pass, channels + img.shape[1], h_lat, w_lat), device=device, dtype=dtype)
+    unet_in[:, channels:] = image_cond
+    order = getattr(cells[0].scheduler, "order", 1)
+    total = math.ceil(len(timesteps) / order) if order > 1 else len(timesteps)
+    done = 0
+    with adapters.active(model), torch.inference_mode():  # this handle's LoRAs, under the model's lock
+        for i, t in enumerate(timesteps):
+            if cancel is not None and cancel():
+                raise Cancelled(f"Sampling cancelled before step {done + 1} of {total}.")
+            # Scaling is per-sample and identical across passes: scale once, then copy into each pass's slice.
+            for c, cell in enumerate(cells):
+                scaled = cell.scheduler.scale_model_input(cell.latents, t)
+                for k in range(n_pass):
+                    start = k * rows + c * batch
+                    unet_in[start : start + batch, :channels] = scaled
+            noise_pred = model.unet(
+                unet_in, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added, return_dict=False
+            )[0]
+            blocks = dict(zip(passes, noise_pred.chunk(n_pass)))
+            for c, cell in enumerate(cells):
+                chunks = {p: blocks[p][c * batch : (c + 1) * batch] for p in passes}
+                eps = cell.plans[i].apply(chunks)
+                latents = cell.scheduler.step(eps, t, cell.latents, **cell.step_kwargs, return_dict=False)[0]
+                if keep_mask is not None:
+                    latents = _keep_unmasked(cell, latents, init, keep_mask, timesteps, i)
+                cell.latents = latents
+            if i == len(timesteps) - 1 or (i + 1) % order == 0:
+                done += 1
+                if callback is not None:
+                    callback(done, total, cells[0].latents if n_cells == 1 else torch.cat([c.latents for c in cells]))
+    return [c.latents for c in cells]
+
+
+def _keep_unmasked(cell: _Cell, latents, init, keep_mask, timesteps, i):
+    """Outside the mask, replace the latents by the input's latents noised to the next step's level."""
+    if i + 1 < len(timesteps):
+        t_next = timesteps[i + 1 : i + 2].repeat(latents.shape[0])
+        target = cell.scheduler.add_noise(init, cell.noise, t_next)
+    else:
+        target = init
+    return latents * (1.0 - keep_mask) + target * keep_mask
+
+
 def sample(
     model: IP2PModel,
     cond: Conditioning,
@@ -127,83 +303,59 @@ def sample(
     true, sampling stops with ``Cancelled`` (nothing is modified: models and inputs are left as they were).
     ``noise`` replaces the seeded starting noise (unit variance, [batch, 4, h, w]), as diffusers' ``latents`` does.
     """
-    plan = validate_settings(settings)
-    if cond.family != model.family.value or image.family != model.family.value:
-        raise IP2PError(
-            f"Inputs were encoded for another model family (instruction: {cond.family}, image: {image.family}, "
-            f"model: {model.family.value}); encode them with this model."
-        )
-    device, dtype = model.device, model.dtype
-    n_pairs, idx_p, idx_i = _pair(cond, image)
-    per = settings.images_per_instruction
-    batch = n_pairs * per
-    rep = lambda t, idx: t[idx.to(t.device)].repeat_interleave(per, dim=0)  # noqa: E731
+    (samples,) = _run(model, cond, image, [settings], callback, cancel, noise)
+    return Latents(samples, image.original_size, image.size, model.family.value, settings, image.region)
 
-    embeds = {TEXT: rep(cond.embeds, idx_p), IMAGE: rep(cond.negative_embeds, idx_p)}
-    embeds[UNCOND] = embeds[IMAGE]
-    img = rep(image.model_latents, idx_i).to(device, dtype)
-    img_by_pass = {TEXT: img, IMAGE: img, UNCOND: torch.zeros_like(img)}
-    prompt_embeds = torch.cat([embeds[p] for p in plan.passes]).to(device, dtype)
-    image_cond = torch.cat([img_by_pass[p] for p in plan.passes])
-    added = None
-    if model.family.is_xl:
-        pooled = {TEXT: rep(cond.pooled, idx_p), IMAGE: rep(cond.negative_pooled, idx_p)}
-        pooled[UNCOND] = pooled[IMAGE]
-        h, w = image.size
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype, device=device)
-        added = {
-            "text_embeds": torch.cat([pooled[p] for p in plan.passes]).to(device, dtype),
-            "time_ids": time_ids.repeat(batch * len(plan.passes), 1),
-        }
-        _check_time_embedding(model, added)
 
-    scheduler = make_scheduler(settings.scheduler, model.scheduler_config)
-    timesteps = _timesteps(scheduler, settings.steps, settings.denoising_end, device)
-    generator = cpu_generator(settings.seed)
-    from diffusers.utils.torch_utils import randn_tensor
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """A grid of edits: ``latents.samples`` holds the cells one after another (text guidance varies slowest)."""
 
-    h_lat, w_lat = image.latents.shape[-2:]
-    shape = (batch, model.latent_channels, h_lat, w_lat)
-    if noise is None:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    elif tuple(noise.shape) != shape:
-        raise IP2PError(f"Starting noise has shape {tuple(noise.shape)}; this run needs {shape}.")
-    else:
-        latents = noise.to(device, dtype)
-    latents = latents * scheduler.init_noise_sigma
-    step_kwargs = _step_kwargs(scheduler, generator, settings.eta)
+    latents: Latents
+    cells: tuple[tuple[float, float], ...]  # (text guidance, image guidance) per cell
+    rows_per_cell: int
 
-    n_pass = len(plan.passes)
-    # One input buffer reused every step: noisy latents in the first channels, image latents after them.
-    unet_in = torch.empty((batch * n_pass, model.latent_channels + img.shape[1], h_lat, w_lat), device=device, dtype=dtype)
-    unet_in[:, model.latent_channels :] = image_cond
-    order = getattr(scheduler, "order", 1)
-    total = math.ceil(len(timesteps) / order) if order > 1 else len(timesteps)
-    done = 0
-    with torch.inference_mode():
-        for i, t in enumerate(timesteps):
-            if cancel is not None and cancel():
-                raise Cancelled(f"Sampling cancelled before step {done + 1} of {total}.")
-            # Scaling is per-sample and identical across passes: scale once, then copy into each pass's slice.
-            scaled = scheduler.scale_model_input(latents, t)
-            for k in range(n_pass):
-                unet_in[k * batch : (k + 1) * batch, : model.latent_channels] = scaled
-            noise_pred = model.unet(
-                unet_in, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added, return_dict=False
-            )[0]
-            eps = plan.combine(noise_pred)
-            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-            if i == len(timesteps) - 1 or (i + 1) % order == 0:
-                done += 1
-                if callback is not None:
-                    callback(done, total, latents)
-    return Latents(
-        samples=latents,
-        original_size=image.original_size,
-        size=image.size,
-        family=model.family.value,
-        settings=settings,
-    )
+
+def sweep(
+    model: IP2PModel,
+    cond: Conditioning,
+    image: ImageLatents,
+    settings: SamplerSettings,
+    text_guidances: Sequence[float],
+    image_guidances: Sequence[float],
+    *,
+    max_rows: int | None = None,
+    callback: StepCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SweepResult:
+    """Edit with every (text, image) guidance pair, same seed; one UNet call per step serves all cells.
+
+    ``max_rows`` caps the UNet batch (cells x images x passes); cells beyond it run in further chunks. On a GPU
+    that runs out of memory the chunk is halved and retried. Chunking never changes a cell's result.
+    """
+    texts, imgs = list(text_guidances), list(image_guidances)
+    if not texts or not imgs:
+        raise IP2PError("A guidance sweep needs at least one text guidance and one image guidance value.")
+    grid = [(check_scale(t, "Text guidance"), check_scale(g, "Image guidance")) for t in texts for g in imgs]
+    cells = [settings.with_(text_guidance=t, image_guidance=g) for t, g in grid]
+    n_pairs, _, _ = _pair(cond, image)
+    rows_per_cell = n_pairs * settings.images_per_instruction
+    chunk = len(cells) if max_rows is None else max(1, int(max_rows) // max(1, 3 * rows_per_cell))
+    outputs: list[torch.Tensor] = []
+    start = 0
+    while start < len(cells):
+        part = cells[start : start + chunk]
+        try:
+            outputs += _run(model, cond, image, part, callback, cancel, None)
+        except torch.cuda.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            torch.cuda.empty_cache()
+            continue
+        start += len(part)
+    latents = Latents(torch.cat(outputs), image.original_size, image.size, model.family.value, settings, image.region)
+    return SweepResult(latents, tuple(grid), rows_per_cell)
 
 
 def _check_time_embedding(model: IP2PModel, added: dict) -> None:

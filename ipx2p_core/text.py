@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from . import adapters
 from .errors import IP2PError
 from .models import IP2PModel
 
@@ -73,7 +74,7 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def _encode_sd(model: IP2PModel, texts: list[str]) -> torch.Tensor:
     (tokenizer,), (encoder,) = model.tokenizers, model.text_encoders
-    ids = _tokenize(tokenizer, texts).to(model.device)
+    ids = _tokenize(tokenizer, adapters.prepare_prompts(model, texts, 0)).to(model.device)
     mask = None
     if getattr(encoder.config, "use_attention_mask", False):
         mask = (ids != tokenizer.pad_token_id).long()
@@ -82,7 +83,8 @@ def _encode_sd(model: IP2PModel, texts: list[str]) -> torch.Tensor:
 
 def _encode_xl(model: IP2PModel, texts: list[str], texts_2: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     states, pooled = [], None
-    for tokenizer, encoder, batch in zip(model.tokenizers, model.text_encoders, (texts, texts_2)):
+    for i, (tokenizer, encoder, batch) in enumerate(zip(model.tokenizers, model.text_encoders, (texts, texts_2))):
+        batch = adapters.prepare_prompts(model, batch, i)
         out = encoder(_tokenize(tokenizer, batch).to(model.device), output_hidden_states=True)
         if out[0].ndim == 2:  # the projection encoder's first output is the pooled text embedding
             pooled = out[0]
@@ -119,7 +121,7 @@ def encode_instruction(
     if len(texts_2) != len(texts):
         raise IP2PError(f"instruction_2 has {len(texts_2)} entries for {len(texts)} instructions.")
 
-    with torch.inference_mode():
+    with adapters.active(model), torch.inference_mode():  # this handle's LoRAs and embeddings, under the model's lock
         if not model.family.is_xl:
             rows = _encode_sd(model, texts + (negs or [""] * len(texts)))
             embeds, neg_embeds = rows[: len(texts)], rows[len(texts) :]

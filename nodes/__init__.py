@@ -6,6 +6,7 @@ from .edit import IPX2PEditImage
 from .encode import IPX2PEncodeImage, IPX2PEncodeInstruction
 from .loaders import IPX2PApplyEmbedding, IPX2PApplyLoRA, IPX2PLoadModel
 from .sample import IPX2PSampler
+from .variations import IPX2PGuidanceSweep, IPX2PInstructionChain
 
 NODE_CLASS_MAPPINGS = {
     "IPX2PLoadModel": IPX2PLoadModel,
@@ -16,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
     "IPX2PSampler": IPX2PSampler,
     "IPX2PDecode": IPX2PDecode,
     "IPX2PEditImage": IPX2PEditImage,
+    "IPX2PGuidanceSweep": IPX2PGuidanceSweep,
+    "IPX2PInstructionChain": IPX2PInstructionChain,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -27,4 +30,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "IPX2PSampler": "Dual-Guidance Sampler (IP2P)",
     "IPX2PDecode": "Decode (IP2P)",
     "IPX2PEditImage": "Edit Image (InstructPix2Pix)",
+    "IPX2PGuidanceSweep": "Guidance Sweep (IP2P)",
+    "IPX2PInstructionChain": "Instruction Chain (IP2P)",
 }

@@ -48,6 +48,28 @@ def advanced_sampler_inputs() -> dict:
     }
 
 
+def mask_inputs() -> dict:
+    return {
+        "mask": ("MASK", {"tooltip": "Optional: edit only where the mask is white (1). Outside it the result keeps "
+                                     "the input's pixels exactly. A mask of another size is stretched to the image."}),
+        "mask_grow": ("INT", {"default": 0, "min": -256, "max": 256, "step": 1,
+                              "tooltip": "Grow (positive) or shrink (negative) the mask by this many pixels."}),
+        "mask_feather": ("INT", {"default": 8, "min": 0, "max": 256, "step": 1,
+                                 "tooltip": "Soften the mask's edge over this many pixels, inside the mask only."}),
+    }
+
+
+def strength_inputs() -> dict:
+    return {
+        "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                               "tooltip": "Edit strength: 1 = full edit from noise; lower starts from the input's "
+                                          "own latents and keeps more of its structure."}),
+        "image_guidance_end": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "Image guidance at the last step, changing linearly from "
+                                                    "image_guidance at the first; -1 = constant."}),
+    }
+
+
 def resize_inputs() -> dict:
     return {
         "resize": (RESIZE_MODES, {"default": "keep",
@@ -71,7 +93,7 @@ def resize_policy(resize: str, size: int, width: int, height: int) -> "core.Resi
 
 
 def settings_from(seed, steps, scheduler, text_guidance, image_guidance, guidance_rescale=0.0,
-                  images_per_instruction=1) -> "core.SamplerSettings":
+                  images_per_instruction=1, strength=1.0, image_guidance_end=-1.0) -> "core.SamplerSettings":
     return core.SamplerSettings(
         steps=int(steps),
         text_guidance=float(text_guidance),
@@ -80,7 +102,18 @@ def settings_from(seed, steps, scheduler, text_guidance, image_guidance, guidanc
         seed=int(seed),
         images_per_instruction=int(images_per_instruction),
         guidance_rescale=float(guidance_rescale),
+        strength=float(strength),
+        image_guidance_end=None if float(image_guidance_end) < 0 else float(image_guidance_end),
     )
+
+
+def parse_scale_list(text: str, name: str) -> list[float]:
+    """'5, 7.5, 10' → [5.0, 7.5, 10.0] (commas, spaces or semicolons)."""
+    items = [t for t in str(text).replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    try:
+        return [float(t) for t in items]
+    except ValueError:
+        raise core.IP2PError(f"{name} must be numbers separated by commas, e.g. '5, 7.5, 10'; got {text!r}.") from None
 
 
 def host_progress(family: str):

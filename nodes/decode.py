@@ -29,5 +29,6 @@ class IPX2PDecode:
 
     def decode(self, model, latent, restore_size=True):
         prepare(model)
-        samples, original = from_comfy_latent(model, latent)
-        return (core.decode_latents(model, samples, restore_size=original if restore_size else None),)
+        samples, original, region = from_comfy_latent(model, latent)
+        return (core.decode_latents(model, samples, restore_size=original if restore_size else None,
+                                    region=region),)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._engine import core
-from .common import CATEGORY, CONDITIONING, IMAGE_LATENTS, MODEL, prepare, resize_inputs, resize_policy
+from .common import CATEGORY, CONDITIONING, IMAGE_LATENTS, MODEL, mask_inputs, prepare, resize_inputs, resize_policy
 
 
 class IPX2PEncodeInstruction:
@@ -41,7 +41,8 @@ class IPX2PEncodeInstruction:
 
 class IPX2PEncodeImage:
     DESCRIPTION = ("Encode the image to edit with the model's VAE, at the size chosen by the resize policy. The "
-                   "original size is kept so Decode can restore it.")
+                   "original size is kept so Decode can restore it. With a mask, only the masked region is edited: "
+                   "outside it the output keeps the input's pixels exactly.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = (IMAGE_LATENTS,)
     RETURN_NAMES = ("image_latents",)
@@ -55,9 +56,12 @@ class IPX2PEncodeImage:
                 "model": (MODEL, {"tooltip": "The model whose VAE encodes the image."}),
                 "image": ("IMAGE", {"tooltip": "The image(s) to edit, e.g. from Load Image."}),
                 **resize_inputs(),
-            }
+            },
+            "optional": mask_inputs(),
         }
 
-    def encode(self, model, image, resize="keep", size=512, width=512, height=512):
+    def encode(self, model, image, resize="keep", size=512, width=512, height=512, mask=None, mask_grow=0,
+               mask_feather=8):
         prepare(model)
-        return (core.encode_image(model, image, resize_policy(resize, size, width, height)),)
+        return (core.encode_image(model, image, resize_policy(resize, size, width, height), mask=mask,
+                                  mask_grow=int(mask_grow), mask_feather=int(mask_feather)),)

@@ -14,6 +14,7 @@ from .common import (
     prepare,
     sampler_inputs,
     settings_from,
+    strength_inputs,
 )
 from .latent import to_comfy_latent
 
@@ -36,14 +37,15 @@ class IPX2PSampler:
                 "image_latents": (IMAGE_LATENTS, {"tooltip": "From Encode Image."}),
                 **sampler_inputs(),
                 **advanced_sampler_inputs(),
-            }
+            },
+            "optional": strength_inputs(),
         }
 
     def sample(self, model, conditioning, image_latents, seed, steps, scheduler, text_guidance, image_guidance,
-               guidance_rescale=0.0, images_per_instruction=1):
+               guidance_rescale=0.0, images_per_instruction=1, strength=1.0, image_guidance_end=-1.0):
         prepare(model)
         settings = settings_from(seed, steps, scheduler, text_guidance, image_guidance, guidance_rescale,
-                                 images_per_instruction)
+                                 images_per_instruction, strength, image_guidance_end)
         latents = core.sample(model, conditioning, image_latents, settings,
                               callback=host_progress(model.family.value), cancel=host_cancel())
         return (to_comfy_latent(model, latents),)

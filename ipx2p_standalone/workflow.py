@@ -1,0 +1,647 @@
+"""Workflow formats: node input specs, UI-format (litegraph) → API-format conversion, and ``--set`` overrides.
+
+ComfyUI runs *API-format* prompts: ``{"<id>": {"class_type": ..., "inputs": {name: value | [src_id, slot]}}}``.
+What users save and share is the *UI format* the frontend writes (``nodes`` / ``links`` / ``widgets_values``).
+The frontend turns one into the other before queueing; :func:`ui_to_api` does the same here, following the
+frontend's rules:
+
+* ``widgets_values`` are positional, in the order of the node's widget inputs (required, then optional; inputs of
+  widget types INT, FLOAT, STRING, BOOLEAN and COMBO without ``forceInput``). A widget converted to an input keeps
+  its slot; a link into it replaces the value.
+* Some widgets store one more value after their own: ``control_after_generate`` (INT inputs with the option, and
+  INT inputs named ``seed``/``noise_seed`` when the option is not given; FLOAT and COMBO with the option, COMBO also a
+  ``control_filter_list`` value) and upload buttons (``image_upload`` …). These extra values never reach the prompt.
+* Virtual nodes are not sent: ``Note``/``MarkdownNote`` are dropped, ``Reroute`` passes its input through,
+  ``PrimitiveNode`` writes its value into the widgets it feeds.
+* Muted nodes (mode 2) are dropped, and links from them removed. Bypassed nodes (mode 4) are dropped and each link
+  from one of their outputs is re-wired to the input of the same slot (or else the first input) of a matching type.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+CONTROL_MODES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "3d_upload")
+NOTE_TYPES = ("Note", "MarkdownNote", "Comfy.Note", "Comfy.MarkdownNote")
+MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
+
+
+class WorkflowFormatError(ValueError):
+    """A file that is not a ComfyUI workflow, or a UI workflow this converter cannot read."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input specs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def input_types(cls) -> dict:
+    """``cls.INPUT_TYPES()`` as a dict with required/optional/hidden sections (missing ones empty)."""
+    spec = cls.INPUT_TYPES() or {}
+    return {"required": dict(spec.get("required") or {}), "optional": dict(spec.get("optional") or {}),
+            "hidden": dict(spec.get("hidden") or {})}
+
+
+def spec_type(spec) -> Any:
+    """The type part of an input spec: a type string, or the list of options of a combo."""
+    if isinstance(spec, (tuple, list)) and spec:
+        return list(spec[0]) if isinstance(spec[0], (list, tuple)) else spec[0]
+    return spec
+
+
+def spec_options(spec) -> dict:
+    if isinstance(spec, (tuple, list)) and len(spec) > 1 and isinstance(spec[1], dict):
+        return spec[1]
+    return {}
+
+
+def combo_options(spec) -> list | None:
+    """The allowed values of a combo input (list form or ``("COMBO", {"options": [...]})``), else None."""
+    kind = spec_type(spec)
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(spec_options(spec).get("options") or [])
+    return None
+
+
+def widget_kind(spec) -> str | None:
+    """INT/FLOAT/STRING/BOOLEAN/COMBO when the input is shown as a widget, None for a socket-only input."""
+    if spec_options(spec).get("forceInput"):
+        return None
+    if combo_options(spec) is not None:
+        return "COMBO"
+    kind = spec_type(spec)
+    return kind if kind in WIDGET_TYPES else None
+
+
+def widget_default(spec):
+    opts = spec_options(spec)
+    if "default" in opts:
+        return opts["default"]
+    kind = widget_kind(spec)
+    if kind == "COMBO":
+        options = combo_options(spec)
+        return options[0] if options else None
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
+
+
+@dataclass(frozen=True)
+class WidgetSlot:
+    """One entry of a node's ``widgets_values``: an input's value, or an extra value stored after it."""
+
+    name: str  # the input's name (for extras: the input they belong to)
+    extra: str | None = None  # None, "control", "filter" or "upload"
+
+
+def widget_layout(cls) -> list[WidgetSlot]:
+    """The positions of ``widgets_values`` for a node class, as the frontend lays out its widgets."""
+    spec = input_types(cls)
+    slots: list[WidgetSlot] = []
+    for name, s in [*spec["required"].items(), *spec["optional"].items()]:
+        kind = widget_kind(s)
+        if kind is None:
+            continue
+        opts = spec_options(s)
+        slots.append(WidgetSlot(name))
+        control = opts.get("control_after_generate")
+        if kind == "INT" and control is None:
+            control = name in ("seed", "noise_seed")
+        if control and kind in ("INT", "FLOAT", "COMBO"):
+            slots.append(WidgetSlot(name, "control"))
+            if kind == "COMBO":
+                slots.append(WidgetSlot(name, "filter"))
+        if any(opts.get(u) for u in UPLOAD_OPTIONS):
+            slots.append(WidgetSlot(name, "upload"))
+    return slots
+
+
+def _looks_like_extra(slot: WidgetSlot, value) -> bool:
+    if slot.extra == "control":
+        return value in CONTROL_MODES
+    if slot.extra == "filter":
+        return isinstance(value, str)
+    if slot.extra == "upload":
+        return value is None or value in ("image", "video", "audio", "upload", "")
+    return False
+
+
+def map_widgets_values(cls, values) -> tuple[dict[str, Any], dict[str, int], dict[str, str]]:
+    """``widgets_values`` → ({input: value}, {input: index in widgets_values}, {input: control mode}).
+
+    A list maps positionally onto :func:`widget_layout`. When its length is not the full layout (older files, or
+    a frontend that stored no extra value), an extra position is taken only if the value looks like one.
+    Missing values get the input's default, as the frontend does when it loads an older workflow.
+    """
+    layout = widget_layout(cls)
+    spec = input_types(cls)
+    all_specs = {**spec["required"], **spec["optional"]}
+    result: dict[str, Any] = {}
+    index: dict[str, int] = {}
+    controls: dict[str, str] = {}
+    if isinstance(values, dict):  # some custom frontends store {name: value}
+        for slot in layout:
+            if slot.extra is None and slot.name in values:
+                result[slot.name] = values[slot.name]
+    else:
+        values = list(values or [])
+        exact = len(values) == len(layout)
+        i = 0
+        for slot in layout:
+            if slot.extra is not None:
+                if i < len(values) and (exact or _looks_like_extra(slot, values[i])):
+                    if slot.extra == "control":
+                        controls[slot.name] = values[i]
+                    i += 1
+                continue
+            if i < len(values):
+                if values[i] is not None:
+                    result[slot.name] = values[i]
+                    index[slot.name] = i
+                i += 1
+    for slot in layout:
+        if slot.extra is None and slot.name not in result:
+            result[slot.name] = widget_default(all_specs[slot.name])
+    return result, index, controls
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values the frontend rewrites when it queues: dynamic prompts, filename_prefix replacements
+# ----------------------------------------------------------------------------------------------------------------
+
+_COMMENTS = re.compile(r"/\*[\s\S]*?\*/|//.*")
+
+
+def process_dynamic_prompt(text: str, rng: Callable[[], float] = random.random) -> str:
+    """The frontend's dynamic prompts for STRING widgets with ``dynamicPrompts``: C-style comments are removed and
+    each ``{a|b|c}`` (nestable) is replaced by one option picked at random; ``\\{``, ``\\|``, ``\\}`` are literal."""
+    source = _COMMENTS.sub("", text)
+    pos = 0
+
+    def choice() -> str:
+        nonlocal pos
+        options, current, depth = [], "", 0
+        while pos < len(source):
+            c = source[pos]
+            pos += 1
+            if c == "\\":
+                current += "\\" + source[pos: pos + 1]
+                pos += 1
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                if not depth:
+                    break
+                depth -= 1
+            elif c == "|" and not depth:
+                options.append(current)
+                current = ""
+                continue
+            current += c
+        options.append(current)
+        return process_dynamic_prompt(options[min(int(rng() * len(options)), len(options) - 1)], rng)
+
+    out = ""
+    while pos < len(source):
+        c = source[pos]
+        pos += 1
+        if c == "\\":
+            out += "\\" + source[pos: pos + 1]
+            pos += 1
+        elif c == "{":
+            out += choice()
+        else:
+            out += c
+    return re.sub(r"\\([{}|])", r"\1", out)
+
+
+_DATE_TOKENS = re.compile(r"dd?|MM?|hh?|mm?|ss?|yyy?y?")
+
+
+def format_date(fmt: str, when: datetime.datetime | None = None) -> str:
+    """The frontend's ``%date:FORMAT%``: yyyy, yy, MM, M, dd, d, hh, h, mm, m, ss, s."""
+    when = when or datetime.datetime.now()
+    parts = {"d": when.day, "M": when.month, "h": when.hour, "m": when.minute, "s": when.second}
+
+    def repl(m: re.Match) -> str:
+        tok = m.group(0)
+        if tok == "yy":
+            return str(when.year)[2:]
+        if tok == "yyyy":
+            return str(when.year)
+        if tok[0] in parts:
+            return str(parts[tok[0]]).rjust(len(tok), "0")
+        return tok
+
+    return _DATE_TOKENS.sub(repl, fmt)
+
+
+def apply_text_replacements(value: str, lookup: Callable[[str, str], Any]) -> str:
+    """The frontend's ``filename_prefix`` replacements: ``%date:FORMAT%`` and ``%NODE.WIDGET%`` (NODE = a node's
+    "Node name for S&R" or title); ``/`` and ``\\`` in substituted values become ``_``. Others stay for the backend."""
+
+    def repl(m: re.Match) -> str:
+        text = m.group(1)
+        split = text.split(".")
+        if len(split) != 2:
+            if split[0].startswith("date:"):
+                return format_date(split[0][5:])
+            return m.group(0)
+        found = lookup(split[0], split[1])
+        if found is _MISSING:
+            return m.group(0)
+        return re.sub(r"[/\\]", "_", str("" if found is None else found))
+
+    return re.sub(r"%([^%]+)%", repl, value)
+
+
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Format detection
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def is_ui_workflow(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
+
+
+def is_api_prompt(data) -> bool:
+    return isinstance(data, dict) and bool(data) and all(
+        isinstance(v, dict) and "class_type" in v for v in data.values())
+
+
+def load_workflow_file(path) -> dict:
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowFormatError(f"Workflow file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowFormatError(f"Cannot read workflow file {p}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowFormatError(f"{p} is not valid JSON: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# UI → API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Link:
+    id: Any
+    origin_id: str
+    origin_slot: int
+    target_id: str
+    target_slot: int
+    type: Any
+
+
+@dataclass
+class Conversion:
+    """The result of :func:`ui_to_api`."""
+
+    prompt: dict  # API format
+    workflow: dict  # the UI workflow it came from (a deep copy, safe to patch)
+    widget_index: dict[tuple[str, str], int] = field(default_factory=dict)  # (node, input) → widgets_values index
+    controls: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, input) → control_after_generate
+    warnings: list[str] = field(default_factory=list)
+
+
+def _links(workflow: dict) -> dict[Any, Link]:
+    out: dict[Any, Link] = {}
+    for raw in workflow.get("links") or []:
+        if isinstance(raw, dict):  # schema 1.x
+            link = Link(raw.get("id"), str(raw.get("origin_id")), int(raw.get("origin_slot", 0)),
+                        str(raw.get("target_id")), int(raw.get("target_slot", 0)), raw.get("type"))
+        elif isinstance(raw, (list, tuple)) and len(raw) >= 5:  # schema 0.4: [id, from, from_slot, to, to_slot, type]
+            link = Link(raw[0], str(raw[1]), int(raw[2]), str(raw[3]), int(raw[4]), raw[5] if len(raw) > 5 else None)
+        else:
+            continue
+        out[link.id] = link
+    return out
+
+
+def _types_match(a, b) -> bool:
+    """Litegraph's connection rule: equal, a wildcard, or comma-separated type lists that share a type."""
+    if a in (None, "", "*") or b in (None, "", "*"):
+        return True
+    a, b = str(a).upper(), str(b).upper()
+    if a == b:
+        return True
+    return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
+
+
+def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = None,
+              rng: Callable[[], float] = random.random) -> Conversion:
+    """Convert a UI-format workflow to an API prompt as the ComfyUI frontend does when it queues it.
+
+    ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``)."""
+    if not is_ui_workflow(workflow):
+        raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
+    if (workflow.get("definitions") or {}).get("subgraphs"):
+        raise WorkflowFormatError("This workflow uses subgraphs, which the standalone runner does not support; "
+                                  "unpack them in ComfyUI (right-click → Unpack Subgraph) and save again.")
+    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
+    workflow = copy.deepcopy(workflow)
+    display_names = display_names or {}
+    nodes: dict[str, dict] = {}
+    for node in workflow["nodes"]:
+        if not isinstance(node, dict) or "id" not in node:
+            raise WorkflowFormatError("A node in 'nodes' has no id.")
+        nodes[str(node["id"])] = node
+    links = _links(workflow)
+    conv = Conversion(prompt={}, workflow=workflow)
+
+    def mode(node) -> int:
+        try:
+            return int(node.get("mode") or 0)
+        except (TypeError, ValueError):
+            return MODE_ALWAYS
+
+    def is_virtual(node) -> bool:
+        return node.get("type") in ("Reroute", "PrimitiveNode", *NOTE_TYPES)
+
+    def input_link(node, slot):
+        inputs = node.get("inputs") or []
+        if slot >= len(inputs):
+            return None
+        link_id = inputs[slot].get("link")
+        return links.get(link_id) if link_id is not None else None
+
+    def resolve_output(node_id: str, slot: int, want_type, seen: frozenset):
+        """Follow reroutes and bypassed nodes back to a real (node id, slot), or None when nothing feeds it."""
+        key = (node_id, slot)
+        if key in seen:
+            raise WorkflowFormatError(f"Links loop through node {node_id}.")
+        seen = seen | {key}
+        node = nodes.get(node_id)
+        if node is None:
+            return None
+        if mode(node) == MODE_BYPASS:
+            inputs = node.get("inputs") or []
+            outputs = node.get("outputs") or []
+            out_type = outputs[slot].get("type") if slot < len(outputs) else want_type
+            if want_type in ("*", "", None):
+                pick = slot if len(inputs) > slot else 0
+            elif slot < len(inputs) and _types_match(inputs[slot].get("type"), out_type) \
+                    and _types_match(inputs[slot].get("type"), want_type):
+                pick = slot
+            else:
+                pick = next((i for i, s in enumerate(inputs) if s.get("type") == want_type), -1)
+                if pick == -1:
+                    pick = next((i for i, s in enumerate(inputs) if _types_match(s.get("type"), out_type)
+                                 and _types_match(s.get("type"), want_type)), -1)
+            if pick == -1 or pick >= len(inputs):
+                return None
+            return resolve_input(node_id, pick, want_type, seen)
+        if node.get("type") == "Reroute":
+            return resolve_input(node_id, 0, want_type, seen)
+        if is_virtual(node):
+            return None
+        return node_id, slot
+
+    def resolve_input(node_id: str, slot: int, want_type, seen: frozenset):
+        link = input_link(nodes[node_id], slot)
+        if link is None:
+            return None
+        return resolve_output(link.origin_id, link.origin_slot, want_type, seen)
+
+    mapped: dict[str, dict] = {}
+
+    def widget_values_of(node_id: str) -> dict:
+        if node_id not in mapped:
+            node = nodes[node_id]
+            cls = node_classes.get(node.get("type"))
+            values: dict = {}
+            if node.get("type") == "PrimitiveNode" and node.get("widgets_values"):
+                values = {"value": node["widgets_values"][0]}
+            elif cls is not None:
+                try:
+                    values = map_widgets_values(cls, node.get("widgets_values"))[0]
+                except Exception:  # noqa: BLE001 - reported when the node itself is converted
+                    values = {}
+            mapped[node_id] = values
+        return mapped[node_id]
+
+    def lookup(name: str, widget: str):
+        matches = [i for i, n in nodes.items() if (n.get("properties") or {}).get("Node name for S&R") == name]
+        if not matches:
+            matches = [i for i, n in nodes.items()
+                       if (n.get("title") or display_names.get(n.get("type")) or n.get("type")) == name]
+        if not matches:
+            return _MISSING
+        values = widget_values_of(matches[0])
+        return values[widget] if widget in values else _MISSING
+
+    for node_id, node in nodes.items():
+        ntype = node.get("type")
+        if is_virtual(node) or mode(node) in (MODE_NEVER, MODE_BYPASS):
+            continue
+        if isinstance(ntype, str) and (ntype in group_nodes or ntype.startswith(("workflow>", "workflow/"))):
+            raise WorkflowFormatError(f"Node {node_id} is a group node ({ntype}), which the standalone runner does "
+                                      "not support; convert it back to nodes in ComfyUI and save again.")
+        cls = node_classes.get(ntype)
+        inputs: dict[str, Any] = {}
+        if cls is not None:
+            try:
+                values, index, controls = map_widgets_values(cls, node.get("widgets_values"))
+            except Exception as exc:  # a broken INPUT_TYPES shows up again, per node, in validation
+                values, index, controls = {}, {}, {}
+                conv.warnings.append(f"Node {node_id} ({ntype}): cannot read its widgets: {exc}")
+            specs = {}
+            if values:
+                spec = input_types(cls)
+                specs = {**spec["required"], **spec["optional"]}
+            for name, value in values.items():
+                if isinstance(value, str) and widget_kind(specs[name]) == "STRING":
+                    if spec_options(specs[name]).get("dynamicPrompts"):
+                        value = process_dynamic_prompt(value, rng)
+                    if name == "filename_prefix":
+                        value = apply_text_replacements(value, lookup)
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
+            for name, i in index.items():
+                conv.widget_index[(node_id, name)] = i
+            for name, m in controls.items():
+                conv.controls[(node_id, name)] = m
+        for slot, inp in enumerate(node.get("inputs") or []):
+            name = inp.get("name")
+            if not name:
+                continue
+            resolved = resolve_input(node_id, slot, inp.get("type"), frozenset())
+            if resolved is None:
+                link = input_link(node, slot)
+                if link is not None:
+                    origin = nodes.get(link.origin_id)
+                    if origin is not None and origin.get("type") == "PrimitiveNode":
+                        pvals = origin.get("widgets_values") or []
+                        if pvals:
+                            value = pvals[0]
+                            inputs[name] = {"__value__": value} if isinstance(value, list) else value
+                continue
+            inputs[name] = [resolved[0], int(resolved[1])]
+        title = node.get("title") or display_names.get(ntype) or ntype
+        conv.prompt[node_id] = {"inputs": inputs, "class_type": ntype, "_meta": {"title": title}}
+
+    # Links into nodes that were not sent (muted ones) disappear, as in the frontend.
+    for entry in conv.prompt.values():
+        for name, value in list(entry["inputs"].items()):
+            if isinstance(value, list) and len(value) == 2 and value[0] not in conv.prompt:
+                del entry["inputs"][name]
+    return conv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Overrides (--set NODE.INPUT=VALUE)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class OverrideError(ValueError):
+    def __init__(self, message: str, node_id: str | None = None, input_name: str | None = None):
+        super().__init__(message)
+        self.node_id = node_id
+        self.input_name = input_name
+
+
+def parse_set_argument(text: str) -> tuple[str, str]:
+    """``"NODE_ID.INPUT=VALUE"`` → (``"NODE_ID.INPUT"``, ``"VALUE"``)."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key or not key.split(".", 1)[0] or not key.split(".", 1)[1]:
+        raise OverrideError(f"--set expects NODE_ID.INPUT=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def normalise_overrides(overrides) -> list[tuple[str, str, Any]]:
+    """Accept {"5.seed": 3}, {"5": {"seed": 3}} or [("5", "seed", 3)] and return [(node, input, value)]."""
+    if not overrides:
+        return []
+    out: list[tuple[str, str, Any]] = []
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            if isinstance(value, dict) and "." not in str(key):
+                out.extend((str(key), str(k), v) for k, v in value.items())
+            else:
+                node, sep, name = str(key).partition(".")
+                if not sep or not node or not name:
+                    raise OverrideError(f"Override key {key!r} must look like NODE_ID.INPUT")
+                out.append((node, name, value))
+    else:
+        for item in overrides:
+            node, name, value = item
+            out.append((str(node), str(name), value))
+    return out
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce_override(spec, raw, node_id: str, name: str):
+    """Type an override value by the input's spec. Strings (from the command line) are parsed; JSON values pass."""
+    kind = widget_kind(spec) or spec_type(spec)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):  # a link ["node", slot]
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                return [str(value[0]), value[1]]
+        try:
+            if kind == "INT":
+                return _parse_int(text)
+            if kind == "FLOAT":
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError("not a finite number")
+                return value
+            if kind == "BOOLEAN":
+                if text.lower() in _TRUE:
+                    return True
+                if text.lower() in _FALSE:
+                    return False
+                raise ValueError("expected true or false")
+            if kind == "COMBO":
+                options = combo_options(spec) or []
+                if raw in options or not options:
+                    return raw
+                for option in options:  # combos of numbers
+                    if not isinstance(option, str) and str(option) == text:
+                        return option
+                return raw
+        except ValueError as exc:
+            raise OverrideError(f"--set {node_id}.{name}={raw}: not a valid {kind} ({exc})", node_id, name) from None
+        return raw
+    return raw
+
+
+def _parse_int(text: str) -> int:
+    if text.lower().lstrip("+-").startswith(("0x", "0b", "0o")):
+        return int(text, 0)
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # "1e3", "7.0"
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError("not a whole number") from None
+        return int(value)
+
+
+def apply_overrides(prompt: dict, overrides, node_classes: dict, conversion: Conversion | None = None) -> None:
+    """Set inputs of an API prompt in place (typed by INPUT_TYPES); also patch the UI workflow's widgets_values."""
+    for node_id, name, raw in normalise_overrides(overrides):
+        entry = prompt.get(node_id)
+        if entry is None:
+            known = ", ".join(sorted(prompt, key=_id_sort_key)) or "none"
+            raise OverrideError(f"--set {node_id}.{name}: there is no node {node_id} in the workflow "
+                                f"(nodes: {known})", node_id, name)
+        cls = node_classes.get(entry.get("class_type"))
+        if cls is None:
+            raise OverrideError(f"--set {node_id}.{name}: node {node_id} has unknown type "
+                                f"{entry.get('class_type')!r}", node_id, name)
+        spec = input_types(cls)
+        all_specs = {**spec["required"], **spec["optional"]}
+        if name not in all_specs:
+            raise OverrideError(f"--set {node_id}.{name}: {entry['class_type']} has no input {name!r} "
+                                f"(inputs: {', '.join(all_specs)})", node_id, name)
+        value = coerce_override(all_specs[name], raw, node_id, name)
+        entry.setdefault("inputs", {})[name] = {"__value__": value} if isinstance(value, list) and \
+            not _is_link(value) else value
+        if conversion is not None and not _is_link(value):
+            idx = conversion.widget_index.get((node_id, name))
+            node = next((n for n in conversion.workflow.get("nodes", []) if str(n.get("id")) == node_id), None)
+            if idx is not None and node is not None and isinstance(node.get("widgets_values"), list):
+                node["widgets_values"][idx] = value
+            elif node is not None and isinstance(node.get("widgets_values"), dict):
+                node["widgets_values"][name] = value
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _id_sort_key(node_id: str):
+    parts = str(node_id).split(":")
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def id_sort_key(node_id: str):
+    """Numeric-aware order for node ids ("2" before "10")."""
+    return _id_sort_key(node_id)
