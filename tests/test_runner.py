@@ -16,7 +16,7 @@ from PIL import Image
 from ipx2p_nodes.host import StandaloneHost, get_host, set_host
 from ipx2p_standalone.cli import main
 from ipx2p_standalone.runner import Runner, WorkflowError
-from ipx2p_standalone.workflow import widget_layout
+from ipx2p_standalone.workflow import input_types, widget_default, widget_layout
 
 
 @pytest.fixture()
@@ -397,8 +397,11 @@ def ui_node(runner, id, type, values, links_in=(), n_outputs=0):
             widgets.append("")
         elif slot.extra == "upload":
             widgets.append("image")
-        else:
+        elif slot.name in values:
             widgets.append(values[slot.name])
+        else:  # inputs the test does not care about keep their defaults (e.g. optional mask settings)
+            spec = input_types(cls)
+            widgets.append(widget_default({**spec["required"], **spec["optional"]}[slot.name]))
     inputs = [{"name": name, "type": typ, "link": link} for name, typ, link in links_in]
     outputs = [{"name": t, "type": t, "links": [], "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
     return {"id": id, "type": type, "pos": [0, 0], "size": [300, 200], "flags": {}, "order": id, "mode": 0,

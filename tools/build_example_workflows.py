@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "example_workflows"
 EXAMPLE_IMAGE = "ipx2p_example.png"
+MASKED_IMAGE = "ipx2p_example_sky_mask.png"  # the same picture; its transparent sky is the region to edit
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # ComfyUI's own nodes used by the examples (their schemas, as ComfyUI defines them).
@@ -185,6 +186,36 @@ def one_node(model_name, note, instruction="make it winter", steps=20, prefix="i
     return wf
 
 
+def masked(model_name, note, instruction="make the sky a starry night", prefix="ipx2p_masked"):
+    wf = Workflow()
+    load = wf.add("IPX2PLoadModel", (40, 60), box=(340, 130), model_name=model_name)
+    image = wf.add("LoadImage", (40, 240), box=(340, 300), image=MASKED_IMAGE)
+    edit = wf.add("IPX2PEditImage", (420, 60), box=(360, 640), instruction=instruction, steps=20, mask_feather=8)
+    save = wf.add("SaveImage", (820, 60), box=(360, 380), filename_prefix=prefix)
+    wf.link(load, 0, edit, "model")
+    wf.link(image, 0, edit, "image")
+    wf.link(image, 1, edit, "mask")
+    wf.link(edit, 0, save, "images")
+    _note(wf, note, pos=(820, 480))
+    return wf
+
+
+def sweep(model_name, note, instruction="make it winter", prefix="ipx2p_sweep"):
+    wf = Workflow()
+    load = wf.add("IPX2PLoadModel", (40, 60), box=(340, 130), model_name=model_name)
+    image = wf.add("LoadImage", (40, 240), box=(340, 300), image=EXAMPLE_IMAGE)
+    grid = wf.add("IPX2PGuidanceSweep", (420, 60), box=(360, 560), instruction=instruction, steps=20,
+                  text_guidances="5, 7.5, 10", image_guidances="1, 1.5, 2")
+    save = wf.add("SaveImage", (820, 60), box=(420, 420), filename_prefix=prefix)
+    preview = wf.add("PreviewImage", (820, 520), box=(420, 300))
+    wf.link(load, 0, grid, "model")
+    wf.link(image, 0, grid, "image")
+    wf.link(grid, 1, save, "images")
+    wf.link(grid, 0, preview, "images")
+    _note(wf, note, pos=(40, 600))
+    return wf
+
+
 WHERE_SD15 = ("Model: instruct-pix2pix-00-22000.safetensors in models/checkpoints (from huggingface.co/"
               "timbrooks/instruct-pix2pix), or the diffusers folder timbrooks/instruct-pix2pix in models/diffusers. "
               "MagicBrush and HQ-Edit SD 1.5 models work the same way.")
@@ -217,6 +248,15 @@ EXAMPLES = {
                        instruction="turn it into a watercolor painting, embedding:style", lora="style_lora.safetensors",
                        embedding="style.safetensors", prefix="ipx2p_lora"),
         "LoRA + embedding", "turn it into a watercolor painting"),
+    "ipx2p_masked_edit": (
+        lambda: masked(SD15_FILE, "Regional edit: only the masked area changes, everything else keeps the input's "
+                       "pixels exactly. The mask is the image's transparency (paint it in ComfyUI's mask editor: "
+                       "right-click Load Image > Open in MaskEditor).\n\n" + WHERE_SD15),
+        "SD 1.5 · masked edit (sky only)", "make the sky a starry night"),
+    "ipx2p_guidance_sweep": (
+        lambda: sweep(SD15_FILE, "Guidance sweep: 3 text x 3 image guidance values, same seed, one batched UNet call "
+                      "per step; the contact sheet labels each cell.\n\n" + WHERE_SD15),
+        "SD 1.5 · 3x3 guidance sweep", "make it winter"),
 }
 
 
@@ -258,6 +298,11 @@ def main():
     (OUT / "input").mkdir(exist_ok=True)
     photo = example_photo()
     photo.save(OUT / "input" / EXAMPLE_IMAGE)
+    sky = photo.convert("RGBA")
+    alpha = np.full((photo.height, photo.width), 255, np.uint8)
+    alpha[:200] = 0  # transparent sky: LoadImage turns transparency into the MASK (1 = edit)
+    sky.putalpha(Image.fromarray(alpha))
+    sky.save(OUT / "input" / MASKED_IMAGE)
     for name, (build, title, instruction) in EXAMPLES.items():
         (OUT / f"{name}.json").write_text(json.dumps(build().to_json(), indent=1) + "\n")
         thumbnail(photo, title, instruction).save(OUT / f"{name}.jpg", quality=88)
