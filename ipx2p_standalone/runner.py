@@ -785,9 +785,11 @@ class Runner:
             value = fn(**kwargs)
             if inspect.iscoroutine(value):
                 value = asyncio.run(value)
+            entry["is_changed"] = [value]  # ComfyUI records it in the prompt, so it shows in saved PNGs too
             return value
         except Exception as exc:  # noqa: BLE001 - as ComfyUI: warn, and always re-run the node
             log.warning("IS_CHANGED of node %s (%s) failed: %s", node_id, entry["class_type"], exc)
+            entry["is_changed"] = float("nan")
             return float("nan")
 
     def _signatures(self, prompt, node_ids, extra_pnginfo) -> dict[str, str | None]:
@@ -837,6 +839,7 @@ class Runner:
         host = self.host
         self._set_host(host)
         host.clear_interrupt()
+        host.temp_dir = self.folders.temp  # where display nodes (IPX2PCompare) write their previews
         self.current_prompt = prompt
         cancelled = _cancelled_types()
 

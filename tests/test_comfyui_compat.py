@@ -1,0 +1,179 @@
+"""Compatibility with a real ComfyUI: the pack loads, /object_info lists our nodes, and every example workflow queued
+through ComfyUI's /prompt gives the same PNGs as our runner.
+
+Runs only when IPX2P_COMFYUI_DIR points at a ComfyUI checkout; IPX2P_COMFYUI_PYTHON names the interpreter of its
+environment (which also needs this pack's requirements). Our runner side runs with that same interpreter, so both
+sides use the same torch build and the comparison can be exact.
+
+    IPX2P_COMFYUI_DIR=~/ComfyUI IPX2P_COMFYUI_PYTHON=~/ComfyUI/venv/bin/python pytest tests/test_comfyui_compat.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from examples_helpers import EXAMPLES, ROOT, build_models_dir, copy_inputs, load_example, tiny_overrides
+
+COMFY_DIR = os.environ.get("IPX2P_COMFYUI_DIR")
+COMFY_PYTHON = os.environ.get("IPX2P_COMFYUI_PYTHON", sys.executable)
+pytestmark = pytest.mark.skipif(not COMFY_DIR, reason="set IPX2P_COMFYUI_DIR to a ComfyUI checkout to run")
+
+# Runs our runner inside ComfyUI's Python: the nodes folder is imported under its installed name, ipx2p_nodes.
+RUNNER_SCRIPT = r"""
+import importlib.util, json, sys
+from pathlib import Path
+root = Path(sys.argv[1]); job = json.loads(Path(sys.argv[2]).read_text())
+sys.path.insert(0, str(root))
+spec = importlib.util.spec_from_file_location("ipx2p_nodes", root / "nodes" / "__init__.py",
+                                              submodule_search_locations=[str(root / "nodes")])
+module = importlib.util.module_from_spec(spec); sys.modules["ipx2p_nodes"] = module; spec.loader.exec_module(module)
+from ipx2p_nodes.host import StandaloneHost
+from ipx2p_standalone.runner import Runner
+runner = Runner(output_dir=job["output"], input_dir=job["input"], temp_dir=job["temp"],
+                host=StandaloneHost(models_dir=job["models"], device="cpu"))
+results = {}
+for name, (prompt, extra) in job["prompts"].items():
+    r = runner.run(prompt, extra_pnginfo=extra)
+    results[name] = {"ok": r.ok, "error": r.error_text() if not r.ok else "", "files": [str(f) for f in r.files]}
+print(json.dumps(results))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, tiny_sd, tiny_sdxl, tiny_cosxl):
+    base = tmp_path_factory.mktemp("comfy_base")
+    build_models_dir(base, tiny_sd, tiny_sdxl, tiny_cosxl)
+    (base / "custom_nodes").mkdir()
+    os.symlink(ROOT, base / "custom_nodes" / "comfyui-ipx2p")
+    copy_inputs(base / "input")
+    port = _free_port()
+    log = open(base / "comfyui.log", "w")
+    proc = subprocess.Popen(
+        [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--preview-method", "auto", "--disable-auto-launch"],
+        cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            _get(url + "/system_stats")
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"ComfyUI did not start; see {base / 'comfyui.log'}")
+            time.sleep(1)
+    yield {"url": url, "base": base, "log": base / "comfyui.log"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_pack_loads_without_warnings(comfy):
+    text = comfy["log"].read_text()
+    assert "comfyui-ipx2p" in text  # listed among the custom nodes' import times
+    lines = [line for line in text.splitlines() if "ipx2p" in line.lower()]
+    assert not [line for line in lines if "IMPORT FAILED" in line or "Traceback" in line or "Warning" in line]
+
+
+def test_object_info_lists_every_node_with_its_inputs(comfy):
+    import ipx2p_nodes
+
+    info = _get(comfy["url"] + "/object_info")
+    for name, cls in ipx2p_nodes.NODE_CLASS_MAPPINGS.items():
+        assert name in info, name
+        ours = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            assert list(info[name]["input"].get(section, {})) == list(ours.get(section, {})), (name, section)
+        assert info[name]["output"] == list(cls.RETURN_TYPES)
+        assert info[name]["display_name"] == ipx2p_nodes.NODE_DISPLAY_NAME_MAPPINGS[name]
+
+
+def test_examples_give_the_same_pngs_in_comfyui_and_in_our_runner(comfy, tmp_path):
+    from ipx2p_standalone.workflow import apply_overrides, ui_to_api
+
+    import ipx2p_nodes
+    from ipx2p_standalone.runner import Runner
+
+    classes = Runner(input_dir=comfy["base"] / "input", output_dir=tmp_path / "unused").node_classes
+    prompts = {}
+    for name in EXAMPLES:
+        wf = load_example(name)
+        conv = ui_to_api(wf, classes, ipx2p_nodes.NODE_DISPLAY_NAME_MAPPINGS)
+        apply_overrides(conv.prompt, tiny_overrides(wf), classes, conv)
+        prompts[name] = (conv.prompt, {"workflow": conv.workflow})
+
+    # ComfyUI side
+    comfy_files: dict[str, list[Path]] = {}
+    for name, (prompt, extra) in prompts.items():
+        queued = _post(comfy["url"] + "/prompt", {"prompt": prompt, "client_id": "compat",
+                                                  "extra_data": {"extra_pnginfo": extra}})
+        assert not queued.get("node_errors"), queued
+        pid, deadline = queued["prompt_id"], time.time() + 600
+        while True:
+            history = _get(f"{comfy['url']}/history/{pid}")
+            if pid in history and history[pid]["status"].get("completed") is not None:
+                entry = history[pid]
+                if entry["status"]["status_str"] != "success" and entry["status"].get("completed") is False:
+                    pytest.fail(f"{name} failed in ComfyUI: {entry['status']}")
+                if entry["status"]["status_str"] in ("success", "error"):
+                    break
+            assert time.time() < deadline, f"{name} timed out in ComfyUI"
+            time.sleep(0.5)
+        assert entry["status"]["status_str"] == "success", (name, entry["status"])
+        comfy_files[name] = [comfy["base"] / "output" / img["subfolder"] / img["filename"]
+                             for out in entry["outputs"].values() for img in out.get("images", [])
+                             if img.get("type") == "output"]
+
+    # Our runner, in ComfyUI's Python
+    job = {"output": str(tmp_path / "out"), "input": str(comfy["base"] / "input"), "temp": str(tmp_path / "temp"),
+           "models": str(comfy["base"] / "models"), "prompts": prompts}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    done = subprocess.run([COMFY_PYTHON, "-c", RUNNER_SCRIPT, str(ROOT), str(tmp_path / "job.json")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = json.loads(done.stdout.strip().splitlines()[-1])
+
+    for name in EXAMPLES:
+        assert ours[name]["ok"], ours[name]["error"]
+        mine = sorted(Path(f) for f in ours[name]["files"] if Path(f).parent == tmp_path / "out")
+        theirs = sorted(comfy_files[name])
+        assert len(mine) == len(theirs) >= 1, name
+        for a, b in zip(mine, theirs):
+            ia, ib = Image.open(a), Image.open(b)
+            assert np.array_equal(np.asarray(ia), np.asarray(ib)), f"{name}: {a.name} differs from ComfyUI's {b.name}"
+            assert json.loads(ia.text["prompt"]) == json.loads(ib.text["prompt"])
+            assert json.loads(ia.text["workflow"]) == json.loads(ib.text["workflow"])
