@@ -66,3 +66,48 @@ def test_not_an_image(tiny_sd, tmp_path, capsys):
     bad.write_text("hello")
     assert main(["edit", str(bad), "x", "-m", str(tiny_sd["folder"]), "-q"]) == 2
     assert "is not an image this program can read" in capsys.readouterr().err
+
+
+def test_edit_with_mask_strength_and_schedule(tiny_sd, photo, tmp_path):
+    import numpy as np
+
+    src, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    photo.save(src)
+    m = np.zeros((32, 44), np.uint8)
+    m[4:20, 6:30] = 255
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "masked.png"
+    assert main(["edit", str(src), "make it winter", "-m", str(tiny_sd["folder"]), "-o", str(out), "--steps", "4",
+                 "--mask", str(mask), "--mask-feather", "2", "--strength", "0.75", "--image-guidance-end", "1.0",
+                 "-q"]) == 0
+    edited = np.asarray(Image.open(out)).astype(int)
+    assert np.abs(edited - np.asarray(photo).astype(int))[m == 0].max() == 0
+    meta = json.loads(Image.open(out).text["ipx2p"])
+    assert meta["strength"] == 0.75 and meta["image_guidance_end"] == 1.0 and meta["mask"] == str(mask)
+
+
+def test_sweep_writes_a_contact_sheet_and_cells(tiny_sd, photo, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    photo.save(src)
+    out = tmp_path / "grid.png"
+    assert main(["sweep", str(src), "make it winter", "-m", str(tiny_sd["folder"]), "-o", str(out),
+                 "--text", "5,7.5", "--image", "1,1.5,2", "--steps", "2", "-q"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == str(out) and len(printed) == 7
+    assert (tmp_path / "grid_cells" / "text7.5_image1.5.png").is_file()
+    sheet = Image.open(out)
+    assert sheet.width > 3 * 44 and sheet.height > 2 * 32
+    assert json.loads(sheet.text["ipx2p"])["cells"][0] == [5.0, 1.0]
+    assert main(["sweep", str(src), "x", "-m", str(tiny_sd["folder"]), "--text", "", "-q"]) == 2
+    assert "--text needs at least one value" in capsys.readouterr().err
+
+
+def test_chain_writes_every_step(tiny_sd, photo, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    photo.save(src)
+    out = tmp_path / "chain.png"
+    assert main(["chain", str(src), "make it winter", "add a snowman", "-m", str(tiny_sd["folder"]), "-o", str(out),
+                 "--steps", "2", "-q"]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "chain_1.png"), str(tmp_path / "chain_2.png")]
+    assert json.loads(Image.open(tmp_path / "chain_2.png").text["ipx2p"])["chain"] == ["make it winter",
+                                                                                       "add a snowman"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -23,7 +22,7 @@ from ipx2p_core import (
 )
 from ipx2p_core import sampling as sampling_mod
 from ipx2p_core.guidance import IMAGE, TEXT, UNCOND, GuidancePlan, plan_guidance
-from ipx2p_core.image import ResizePolicy, to_image_batch
+from ipx2p_core.image import to_image_batch
 from ipx2p_core.models import ModelCache
 from ipx2p_core.text import PromptTruncatedWarning
 

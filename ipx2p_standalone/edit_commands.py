@@ -1,0 +1,338 @@
+"""``ipx2p edit``, ``ipx2p sweep`` and ``ipx2p chain``: edits straight from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ipx2p_core import defaults
+from ipx2p_core.errors import IP2PError
+from ipx2p_core.schedulers import SCHEDULERS
+
+
+# ------------------------------------------------------------------------------------------------------- arguments
+
+
+def _add_model_arguments(p) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="diffusers folder, .safetensors file, or Hub id (timbrooks/instruct-pix2pix)")
+    p.add_argument("--dtype", default=defaults.DTYPE, choices=["fp32", "fp16", "bf16"], help="model precision")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--family", default="auto", choices=["auto", "sd15", "sdxl", "cosxl"],
+                   help="model family; auto reads it from the weights")
+    p.add_argument("--config", default=None, help="diffusers-layout config folder for unusual single files")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:TEXT_STRENGTH]]",
+                   help="apply a LoRA (repeatable); STRENGTH for the UNet (default 1; negative allowed), "
+                        "TEXT_STRENGTH for the text encoder(s) (default: STRENGTH)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="load a textual-inversion embedding (repeatable); use it as embedding:NAME "
+                        "(NAME = file name) or by its token")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_sampling_arguments(p, guidance: bool = True) -> None:
+    p.add_argument("--steps", type=int, default=defaults.STEPS, help=f"denoising steps (default {defaults.STEPS})")
+    if guidance:
+        p.add_argument("--text-guidance", type=float, default=defaults.TEXT_GUIDANCE,
+                       help=f"how strongly to follow the instruction (default {defaults.TEXT_GUIDANCE})")
+        p.add_argument("--image-guidance", type=float, default=defaults.IMAGE_GUIDANCE,
+                       help=f"how closely to stay with the input image (default {defaults.IMAGE_GUIDANCE})")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"random seed (default {defaults.SEED})")
+    p.add_argument("--scheduler", default=defaults.SCHEDULER, choices=["auto", *SCHEDULERS],
+                   help="sampler; auto = Euler ancestral (EDM Euler for CosXL Edit)")
+    p.add_argument("--negative", default="", help="negative instruction (what to avoid)")
+    p.add_argument("--resize", default=defaults.RESIZE,
+                   help="keep (input size, multiple of 8) | fit:N (longest side ~N, multiples of 64) | WxH")
+    p.add_argument("--restore-size", action="store_true", help="resize the result back to the input's size")
+
+
+def add_edit_parsers(sub) -> None:
+    p = sub.add_parser(
+        "edit",
+        help="edit an image following an instruction",
+        description="Edit IMAGE following INSTRUCTION with an InstructPix2Pix model (SD 1.5, SDXL or CosXL Edit).",
+    )
+    p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
+    p.add_argument("instruction", help='what to change, e.g. "make it winter"')
+    p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
+    _add_model_arguments(p)
+    _add_sampling_arguments(p)
+    p.add_argument("--images", type=int, default=1, help="number of edits to make (different noise each)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, counters over-saturation (default 0)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="edit strength in (0, 1]: lower starts from the input and keeps more structure (default 1)")
+    p.add_argument("--image-guidance-end", type=float, default=None,
+                   help="image guidance at the last step (linear from --image-guidance); default constant")
+    p.add_argument("--mask", default=None, metavar="FILE",
+                   help="edit only where this mask is white (greyscale image, or the transparency of an RGBA "
+                        "image); outside it the output keeps the input's pixels exactly")
+    p.add_argument("--mask-grow", type=int, default=0, help="grow (or, negative, shrink) the mask by N pixels")
+    p.add_argument("--mask-feather", type=int, default=8, help="soften the mask's edge over N pixels (default 8)")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser(
+        "sweep",
+        help="try a grid of text x image guidance values (one contact sheet)",
+        description="Edit IMAGE with every pair of the given text and image guidance values, same seed, and write "
+                    "a labelled contact sheet plus every edit.",
+    )
+    p.add_argument("image", help="input image file")
+    p.add_argument("instruction", help='what to change, e.g. "make it winter"')
+    p.add_argument("-o", "--output", default="sweep.png", help="contact sheet PNG (cells go to OUTPUT_cells/)")
+    p.add_argument("--text", dest="text_values", default="5,7.5,10",
+                   help="text guidance values, comma separated (default 5,7.5,10)")
+    p.add_argument("--image", dest="image_values", default="1,1.5,2",
+                   help="image guidance values, comma separated (default 1,1.5,2)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest UNet batch per call (edits x passes); lower it when memory runs out")
+    _add_model_arguments(p)
+    _add_sampling_arguments(p, guidance=False)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "chain",
+        help="apply several instructions one after another",
+        description="Apply each INSTRUCTION to the previous result, starting from IMAGE; writes every step.",
+    )
+    p.add_argument("image", help="input image file")
+    p.add_argument("instructions", nargs="+", help='instructions in order, e.g. "make it winter" "add a snowman"')
+    p.add_argument("-o", "--output", default="chain.png", help="output PNG (steps get _1, _2, ...)")
+    _add_model_arguments(p)
+    _add_sampling_arguments(p)
+    p.set_defaults(func=cmd_chain)
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def _output_paths(output: str, count: int) -> list[Path]:
+    out = Path(output)
+    if out.suffix.lower() != ".png":
+        out = out.with_suffix(".png")
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
+
+
+def settings_metadata(args, model, seed: int) -> dict:
+    meta = {
+        "instruction": getattr(args, "instruction", None),
+        "negative": args.negative,
+        "model": Path(model.source).name,
+        "family": model.family.value,
+        "steps": args.steps,
+        "text_guidance": getattr(args, "text_guidance", None),
+        "image_guidance": getattr(args, "image_guidance", None),
+        "scheduler": args.scheduler,
+        "seed": seed,
+        "resize": args.resize,
+        "dtype": args.dtype,
+        "generator": "ipx2p",
+        **_adapter_metadata(model),
+    }
+    for extra in ("guidance_rescale", "eta", "strength", "image_guidance_end", "mask"):
+        if getattr(args, extra, None) is not None:
+            meta[extra] = getattr(args, extra)
+    return meta
+
+
+def _adapter_metadata(model) -> dict:
+    meta = {}
+    if getattr(model, "loras", ()):
+        meta["loras"] = [{"file": r.label, "strength_model": r.strength_model, "strength_text": r.strength_text}
+                         for r in model.loras]
+    if getattr(model, "embeddings", ()):
+        meta["embeddings"] = [Path(r.source).name for r in model.embeddings]
+    return meta
+
+
+def parse_lora_argument(value: str) -> tuple[str, float, float]:
+    """``FILE[:STRENGTH[:TEXT_STRENGTH]]`` -> (file, strength, text strength); a path may itself hold colons."""
+    if Path(value).exists():
+        return value, 1.0, 1.0
+    parts = value.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    path = ":".join(parts)
+    if not path:
+        raise IP2PError(f"--lora {value!r}: give a file, optionally followed by :STRENGTH[:TEXT_STRENGTH].")
+    strength = numbers[0] if numbers else 1.0
+    text = numbers[1] if len(numbers) > 1 else strength
+    return path, strength, text
+
+
+def parse_values(text: str, option: str) -> list[float]:
+    items = [t for t in text.replace(";", ",").split(",") if t.strip()]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        raise IP2PError(f"{option} takes numbers separated by commas, e.g. 5,7.5,10; got {text!r}.") from None
+    if not values:
+        raise IP2PError(f"{option} needs at least one value.")
+    return values
+
+
+def save_png(image, path: Path, metadata: dict) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("ipx2p", json.dumps(metadata))
+    if metadata.get("instruction") is not None:
+        info.add_text(
+            "parameters",
+            f"{metadata['instruction']}\nNegative prompt: {metadata['negative']}\n"
+            f"Steps: {metadata['steps']}, Sampler: {metadata['scheduler']}, CFG scale: {metadata['text_guidance']}, "
+            f"Image CFG scale: {metadata['image_guidance']}, Seed: {metadata['seed']}, Model: {metadata['model']}",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, pnginfo=info)
+
+
+def _settings(args, **extra):
+    from ipx2p_core import SamplerSettings
+    from ipx2p_core.sampling import validate_settings
+
+    settings = SamplerSettings(
+        steps=args.steps,
+        text_guidance=getattr(args, "text_guidance", defaults.TEXT_GUIDANCE),
+        image_guidance=getattr(args, "image_guidance", defaults.IMAGE_GUIDANCE),
+        scheduler=args.scheduler,
+        seed=args.seed,
+        **extra,
+    )
+    validate_settings(settings)
+    return settings
+
+
+def _load(args):
+    """Load the model with its LoRAs and embeddings; say what was loaded."""
+    from ipx2p_core import apply_embedding, apply_lora, load_model
+
+    from .hub import resolve_model_argument
+
+    loras = [parse_lora_argument(v) for v in args.lora]
+    model_path = resolve_model_argument(args.model)
+    if not args.quiet:
+        print(f"Loading {args.model} ...", file=sys.stderr)
+    model = load_model(model_path, family=args.family, dtype=args.dtype, device=args.device, config=args.config)
+    for path, strength, text in loras:
+        model = apply_lora(model, path, strength, text)
+    for path in args.embedding:
+        model = apply_embedding(model, path)
+    if not args.quiet:
+        print(f"Model: {model.describe()}", file=sys.stderr)
+    return model
+
+
+class _Progress:
+    """A tqdm bar fed by the engine's step callback (one bar per sampling run)."""
+
+    def __init__(self, args, label: str):
+        self.quiet, self.label, self.bar = args.quiet, label, None
+
+    def __call__(self, step, total, _latents):
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or step <= self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr)
+        self.bar.update(step - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# -------------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_edit(args) -> int:
+    from ipx2p_core import images_to_pil
+    from ipx2p_core.image import ResizePolicy, open_image
+    from ipx2p_core.pipeline import edit
+
+    # Check cheap inputs before the expensive model load.
+    resize = ResizePolicy.parse(args.resize)
+    settings = _settings(args, images_per_instruction=args.images, guidance_rescale=args.guidance_rescale,
+                         eta=args.eta, strength=args.strength, image_guidance_end=args.image_guidance_end)
+    image = open_image(args.image)
+    mask = open_image(args.mask) if args.mask else None
+    model = _load(args)
+    progress = _Progress(args, "Editing")
+    try:
+        result = edit(model, image, args.instruction, negative=args.negative or None, settings=settings,
+                      resize=resize, restore_size=args.restore_size, mask=mask, mask_grow=args.mask_grow,
+                      mask_feather=args.mask_feather, callback=progress)
+    finally:
+        progress.close()
+    paths = _output_paths(args.output, result.images.shape[0])
+    meta = settings_metadata(args, model, args.seed)
+    for i, (img, path) in enumerate(zip(images_to_pil(result.images), paths)):
+        save_png(img, path, {**meta, "index": i})
+        print(path)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ipx2p_core import images_to_pil
+    from ipx2p_core.image import ResizePolicy, open_image
+    from ipx2p_core.pipeline import guidance_sweep
+
+    texts, imgs = parse_values(args.text_values, "--text"), parse_values(args.image_values, "--image")
+    resize = ResizePolicy.parse(args.resize)
+    settings = _settings(args)
+    image = open_image(args.image)
+    model = _load(args)
+    progress = _Progress(args, f"Sweep {len(texts)}x{len(imgs)}")
+    try:
+        result = guidance_sweep(model, image, args.instruction, texts, imgs, negative=args.negative or None,
+                                settings=settings, resize=resize, restore_size=args.restore_size,
+                                max_rows=args.max_batch, callback=progress)
+    finally:
+        progress.close()
+    sheet_path = _output_paths(args.output, 1)[0]
+    meta = settings_metadata(args, model, args.seed)
+    save_png(images_to_pil(result.sheet)[0], sheet_path, {**meta, "cells": [list(c) for c in result.cells]})
+    print(sheet_path)
+    cells_dir = sheet_path.with_name(f"{sheet_path.stem}_cells")
+    per_cell = result.images.shape[0] // len(result.cells)
+    for k, img in enumerate(images_to_pil(result.images)):
+        t, g = result.cells[k // per_cell]
+        path = cells_dir / f"text{t:g}_image{g:g}" f"{'' if per_cell == 1 else f'_{k % per_cell + 1}'}.png"
+        save_png(img, path, {**meta, "text_guidance": t, "image_guidance": g})
+        print(path)
+    return 0
+
+
+def cmd_chain(args) -> int:
+    from ipx2p_core import images_to_pil
+    from ipx2p_core.image import ResizePolicy, open_image
+    from ipx2p_core.pipeline import edit_chain
+
+    resize = ResizePolicy.parse(args.resize)
+    settings = _settings(args)
+    image = open_image(args.image)
+    model = _load(args)
+    progress = _Progress(args, "Editing")
+    try:
+        results = edit_chain(model, image, args.instructions, negative=args.negative or None, settings=settings,
+                             resize=resize, restore_size=args.restore_size, callback=progress)
+    finally:
+        progress.close()
+    paths = _output_paths(args.output, len(results))
+    meta = settings_metadata(args, model, args.seed)
+    steps = [s for s in args.instructions if s.strip()]
+    for i, (result, path) in enumerate(zip(results, paths)):
+        save_png(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
+        print(path)
+    return 0
