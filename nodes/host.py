@@ -111,7 +111,7 @@ class ComfyHost:
     name = "comfyui"
 
     def __init__(self):
-        self._bars: dict[int, object] = {}
+        self._patchers: dict[int, object] = {}  # strong references: ComfyUI keeps only weak ones
 
     def model_dirs(self, kind: str) -> list[Path]:
         import folder_paths
@@ -139,15 +139,29 @@ class ComfyHost:
         return str(mm.get_torch_device())
 
     def prepare_memory(self, model) -> None:
-        """Make room on the GPU for our model by asking ComfyUI to evict its own (ours are not ModelPatchers)."""
-        import comfy.model_management as mm
+        """Hand our modules to ComfyUI's model management before GPU work.
 
-        device = mm.get_torch_device()
-        if getattr(device, "type", "cpu") == "cpu":
+        Wrapped in a ModelPatcher (around a plain Module holder: ModelPatcher sets attributes a diffusers model
+        refuses), ComfyUI evicts its own models to make room, loads ours fully, and moves ours off the GPU again
+        when it needs the memory or when the user presses "Unload models" (POST /free). Every node calls this
+        before it computes, so weights are back on the GPU whenever they are used.
+        """
+        if getattr(model.device, "type", "cpu") == "cpu":
             return
-        needed = sum(p.numel() * p.element_size() for m in (model.unet, model.vae, *model.text_encoders)
-                     for p in m.parameters())
-        mm.free_memory(needed, device)
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import torch
+
+        key = id(model.unet)  # LoRA/embedding handles share the base modules, so they share one patcher
+        patcher = self._patchers.get(key)
+        if patcher is None:
+            holder = torch.nn.Module()
+            holder.unet, holder.vae = model.unet, model.vae
+            holder.text_encoders = torch.nn.ModuleList(model.text_encoders)
+            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=model.device,
+                                                       offload_device=mm.unet_offload_device())
+            self._patchers[key] = patcher
+        mm.load_models_gpu([patcher], force_full_load=True)
 
     def free_memory(self) -> None:
         import comfy.model_management as mm

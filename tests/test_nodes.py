@@ -87,3 +87,41 @@ def test_sampler_reports_progress_and_previews_and_stops_on_interrupt(host, phot
         node("IPX2PSampler").sample(model, cond, lat, seed=1, steps=3, scheduler="euler", text_guidance=5.0,
                                     image_guidance=1.5)
     host.clear_interrupt()
+
+
+def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, tiny_sd):
+    """Inside ComfyUI a GPU model is wrapped once in a ModelPatcher and loaded through load_models_gpu before each
+    node's work, so ComfyUI can evict it ("Unload models", POST /free). ComfyUI itself is faked here; the real
+    behaviour is covered by tests/test_comfyui_compat.py where a GPU is available."""
+    import sys
+    import types
+
+    from ipx2p_core import load_model
+    from ipx2p_nodes.host import ComfyHost
+
+    loaded = []
+
+    class FakePatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    mm = types.SimpleNamespace(load_models_gpu=lambda ps, force_full_load: loaded.append((ps, force_full_load)),
+                               unet_offload_device=lambda: "cpu")
+    comfy = types.ModuleType("comfy")
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", types.SimpleNamespace(ModelPatcher=FakePatcher))
+    comfy.model_management, comfy.model_patcher = mm, sys.modules["comfy.model_patcher"]
+
+    model = load_model(tiny_sd["folder"], cache=None)
+    host = ComfyHost()
+    host.prepare_memory(model)
+    assert loaded == []  # CPU models stay out of ComfyUI's GPU bookkeeping
+    gpu_like = type(model)(**{**model.__dict__, "device": torch.device("cuda")})
+    host.prepare_memory(gpu_like)
+    host.prepare_memory(gpu_like)
+    (first, full), (second, _) = loaded
+    assert full is True and first[0] is second[0]  # one patcher per base model, reused
+    holder = first[0].model
+    assert holder.unet is model.unet and holder.vae is model.vae and list(holder.text_encoders) == [model.text_encoders[0]]
+    assert first[0].load_device == torch.device("cuda") and first[0].offload_device == "cpu"
