@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,13 @@ def main():
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--loras", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
     device = torch.device(args.device)
     args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
     if args.scenario:
@@ -138,10 +146,13 @@ def main():
             with adapters.active(h):
                 sync(device)
             switch.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with adapters.active(branches[-1]):  # same branch again: nothing to switch
-            pass
-        same = time.perf_counter() - t0
+        same = []
+        for _ in range(args.switches):  # the same branch again: nothing to switch
+            t0 = time.perf_counter()
+            with adapters.active(branches[-1]):
+                pass
+            same.append(time.perf_counter() - t0)
+        same = statistics.median(same)
 
         image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (args.res, args.res, 3), dtype=np.uint8))
         settings = SamplerSettings(steps=args.steps, seed=0)

@@ -377,9 +377,7 @@ def _lora_facts(sd: Mapping[str, torch.Tensor]) -> dict:
     te2 = any(k.startswith(("lora_te2_", "text_encoder_2.", "te2.")) for k in keys)
     te1_xl = any(k.startswith("lora_te1_") for k in keys)
     te_sd = any(k.startswith("lora_te_") for k in keys)
-    has_unet = any(k.startswith(("lora_unet_", "unet.")) or "down_blocks" in k or "up_blocks" in k for k in keys)
-    has_te1 = te1_xl or te_sd or any(k.startswith(("text_encoder.", "te.")) for k in keys)
-    return dict(width=width, te2=te2, te1_xl=te1_xl, te_sd=te_sd, has_unet=has_unet, has_te1=has_te1)
+    return dict(width=width, te2=te2, te1_xl=te1_xl, te_sd=te_sd)
 
 
 def _check_architecture(model: IP2PModel, facts: dict, source: str) -> None:
@@ -1117,7 +1115,6 @@ def save_merged_model(model: IP2PModel, path: str | os.PathLike, format: str = "
     state = _state(model)
     with state.lock:
         state.activate(model)
-        comps = state.components(model)
         unet_sd = _merged_state_dict(model.unet, UNET, model)
         te_sds = [_merged_state_dict(te, TEXT_ENCODERS[i], model) for i, te in enumerate(model.text_encoders)]
     if format == "single_file":

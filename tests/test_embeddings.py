@@ -14,7 +14,7 @@ import adapter_files as af
 from ipx2p_core import IP2PError, apply_embedding, encode_instruction, load_model
 from ipx2p_core.adapters import EmbeddingNotFoundWarning
 from parity_helpers import max_diff
-from test_lora import PROMPT, new_pipeline, ours, theirs
+from test_lora import new_pipeline, ours, theirs
 
 TOL = 1e-4
 
