@@ -46,6 +46,13 @@ def main():
             out = edit(half, img, "make it winter", settings=SamplerSettings(steps=4, seed=3)).images
             print(f"{name} {dtype}: finite={bool(torch.isfinite(out).all())} vae={half.vae_dtype} "
                   f"max|diff| vs fp32 = {float((out.numpy() - b).__abs__().max()):.2e}")
+            torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+            pipe.to(dev, torch_dtype)  # diffusers upcasts a force_upcast VAE itself where it must
+            ref_half = run_diffusers(folder, family, img, "make it winter", **s)
+            ours_half = run_engine(half, img, "make it winter", **s)
+            print(f"{name} {dtype}: engine vs diffusers, both {dtype} on {dev}: max|diff| = "
+                  f"{max_diff(ref_half, ours_half):.2e}")
+            pipe.to(dev, torch.float32)
         pipe.to("cpu")
 
 
