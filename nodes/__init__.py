@@ -1,6 +1,7 @@
 """The node classes (ComfyUI V1 API). Installed standalone as the package ``ipx2p_nodes``; inside ComfyUI it is the
 ``nodes`` sub-package of the pack (never a top-level ``nodes``, which is ComfyUI's own module)."""
 
+from .compare import IPX2PCompare
 from .decode import IPX2PDecode
 from .edit import IPX2PEditImage
 from .encode import IPX2PEncodeImage, IPX2PEncodeInstruction
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "IPX2PEditImage": IPX2PEditImage,
     "IPX2PGuidanceSweep": IPX2PGuidanceSweep,
     "IPX2PInstructionChain": IPX2PInstructionChain,
+    "IPX2PCompare": IPX2PCompare,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +34,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "IPX2PEditImage": "Edit Image (InstructPix2Pix)",
     "IPX2PGuidanceSweep": "Guidance Sweep (IP2P)",
     "IPX2PInstructionChain": "Instruction Chain (IP2P)",
+    "IPX2PCompare": "Compare Before/After (IP2P)",
 }

@@ -19,6 +19,7 @@ from ipx2p_standalone.cli import build_parser
 from ipx2p_standalone.studio import PACK_NAME, StudioServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_INPUTS = sorted(os.listdir(os.path.join(REPO, "example_workflows", "input")))
 
 
 @pytest.fixture()
@@ -501,7 +502,7 @@ def test_object_info_features_and_stubs(studio):
     assert info["IPX2PSampler"]["python_module"] == f"custom_nodes.{PACK_NAME}"
     assert info["LoadImage"]["python_module"] == "nodes"
     assert "[diffusers] tiny-sd" in info["IPX2PLoadModel"]["input"]["required"]["model_name"][0]
-    assert info["LoadImage"]["input"]["required"]["image"][0] == ["ipx2p_example.png"]  # copied at start
+    assert info["LoadImage"]["input"]["required"]["image"][0] == EXAMPLE_INPUTS  # copied at start
     assert list(out["/api/object_info/IPX2PSampler"]) == ["IPX2PSampler"] and out["/api/object_info/Nope"] == {}
     assert out["/api/features"]["supports_preview_metadata"] is True
     assert out["/api/features"]["max_upload_size"] == 100 * 1024 * 1024
@@ -541,8 +542,10 @@ def test_templates_and_extensions(dirs, tmp_path):
 
         out = run(scenario())
     set_host(previous)
-    assert out["templates"] == {PACK_NAME: ["ipx2p_cosxl_edit", "ipx2p_lora_embedding", "ipx2p_sd15_edit_image",
-                                            "ipx2p_sd15_staged", "ipx2p_sdxl_edit"]}
+    examples = sorted(name[:-5] for name in os.listdir(os.path.join(REPO, "example_workflows"))
+                      if name.endswith(".json"))
+    assert {"ipx2p_sd15_staged", "ipx2p_sd15_edit_image", "ipx2p_sdxl_edit", "ipx2p_cosxl_edit"} <= set(examples)
+    assert out["templates"] == {PACK_NAME: examples}
     with open(os.path.join(REPO, "example_workflows", "ipx2p_sd15_staged.json")) as f:
         assert out["json"] == (200, json.load(f))
     assert out["jpg"] == (200, "image/jpeg")
