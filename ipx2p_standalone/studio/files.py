@@ -13,12 +13,12 @@ import json
 import logging
 import mimetypes
 import os
-import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
-from .security import ImageRejected, check_image_bytes, open_checked_image, safe_filename, safe_join
+from .security import (ImageRejected, check_image_bytes, open_checked_image, safe_filename, safe_join,
+                       write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,6 @@ def split_annotation(name: str) -> tuple[str, str | None]:
 
 def _bad(text: str, status: int = 400) -> web.Response:
     return web.Response(status=status, text=text + "\n")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Files:
@@ -203,7 +188,7 @@ class Files:
         if target.exists() and not target.is_file():
             return _bad(f"{candidate} is a folder", 409)
         if not target.exists() or overwrite:
-            _write_atomic(folder / candidate, data)  # replaces a symlink of that name rather than writing through
+            write_atomic(folder / candidate, data)  # replaces a symlink of that name rather than writing through
         return web.json_response({"name": candidate, "subfolder": subfolder, "type": kind})
 
     def _composite_mask(self, post, mask_bytes: bytes) -> bytes:

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -91,16 +92,18 @@ def safe_filename(name: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def is_loopback(host: str | None) -> bool:
-    """Whether a host name or address means this machine only (127.0.0.0/8, ::1, localhost)."""
+    """Whether a host name or address means this machine only (127.0.0.0/8, ::1, localhost, or a name that
+    resolves to loopback addresses only)."""
     if not host:
         return False
+    if is_loopback_name(host):
+        return True
     host = host.strip("[]").lower()
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ipaddress.ip_address(host)
+        return False  # an address that is not loopback
     except ValueError:
         pass
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
@@ -214,3 +217,23 @@ def open_checked_image(path: Path, max_pixels: int):
         img.close()
         raise
     return img
+
+
+ATOMIC_TMP_PREFIX = ".ipx2p-"  # the temp files of write_atomic; listings skip them
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename: readers never see half a file, and a symlink
+    at ``path`` is replaced rather than written through."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=ATOMIC_TMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

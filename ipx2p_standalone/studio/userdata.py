@@ -11,33 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
 
-from .security import safe_join, within
+from .security import ATOMIC_TMP_PREFIX, safe_join, within, write_atomic
 
 log = logging.getLogger(__name__)
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".save-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _flag(request: web.Request, name: str, default: str) -> bool:
@@ -90,7 +74,7 @@ class UserData:
             return {}
 
     def save_settings(self, settings: dict) -> None:
-        _write_atomic(self.root / SETTINGS_FILE, json.dumps(settings, indent=4).encode("utf-8"))
+        write_atomic(self.root / SETTINGS_FILE, json.dumps(settings, indent=4).encode("utf-8"))
 
     async def get_settings(self, request: web.Request) -> web.Response:
         return web.json_response(self.load_settings())
@@ -139,7 +123,7 @@ class UserData:
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                if name.startswith(".save-") or not path.is_file() or not within(root, path):
+                if name.startswith(ATOMIC_TMP_PREFIX) or not path.is_file() or not within(root, path):
                     continue  # half-written files, and links that lead out of the user's folder
                 if full_info:
                     results.append(self.info(path, base))
@@ -173,7 +157,7 @@ class UserData:
             return web.Response(status=409, text="File already exists\n")
         body = await request.read()
         try:
-            _write_atomic(path, body)
+            write_atomic(path, body)
         except OSError as exc:
             log.warning("Could not save %s: %s", path, exc)
             return web.Response(status=400, text=f"could not save the file ({exc.strerror})\n")
@@ -221,7 +205,7 @@ class UserData:
                 results.append({"name": name, "path": path.relative_to(root).as_posix(), "type": "directory"})
             for name in filenames:
                 path = Path(dirpath) / name
-                if name.startswith(".save-") or not within(root, path):
+                if name.startswith(ATOMIC_TMP_PREFIX) or not within(root, path):
                     continue
                 entry = {"name": name, "path": path.relative_to(root).as_posix(), "type": "file"}
                 try:
