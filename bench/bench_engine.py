@@ -3,7 +3,9 @@
     python bench/bench_engine.py                 # tiny model and full SD 1.5 architecture at 256x256
     python bench/bench_engine.py --only tiny --runs 5
 
-Both sides get the same modules, image, instruction, seed, scheduler and steps; runs alternate (engine, diffusers,
+Both sides get the same weights, image, instruction, seed, scheduler and steps. diffusers runs stock modules (a copy
+of the UNet taken before the engine's loader adds its CPU speed-ups, ipx2p_core/speedups.py), as a diffusers user
+would have them; the engine runs the modules as its loader leaves them. Runs alternate (engine, diffusers,
 engine, ...) in one process after a warm-up, and the median of each is reported. Ratio = engine / diffusers.
 Peak memory is measured in one extra run per side: the process's resident-set peak above its level before the
 run (CPU; sampled every 2 ms), or torch.cuda.max_memory_allocated on a GPU.
@@ -12,6 +14,7 @@ run (CPU; sampled every 2 ms), or torch.cuda.max_memory_allocated on a GPU.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -94,9 +97,11 @@ def bench_case(name, comps, image, steps, runs, device, pairs):
     for key in ("unet", "vae", "text_encoder"):
         comps[key] = comps[key].to(device).eval()
     base = FAMILY_SCHEDULER_CONFIGS["sd15"]
+    stock_unet = copy.deepcopy(comps["unet"])  # before _finish installs the engine's speed-ups on its own modules
     model = _finish(Family.SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
                     base, torch.float32, device, name, False, {})
-    pipe = StableDiffusionInstructPix2PixPipeline(**{**comps, "scheduler": make_scheduler("euler_a", base)})
+    pipe = StableDiffusionInstructPix2PixPipeline(**{**comps, "unet": stock_unet,
+                                                      "scheduler": make_scheduler("euler_a", base)})
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for g_text, g_image in pairs:
