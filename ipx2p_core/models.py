@@ -20,7 +20,7 @@ import torch
 
 from .configs import CLIP_TOKENIZER_DIR, family_config_dir
 from .errors import IP2PError
-from .speedups import install_cpu_conv_fastpath
+from .speedups import install_speedups
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def _finish(family, unet, vae, encoders, tokenizers, scheduler_config, dtype, de
     encoders = tuple(_model_dtype_device(te, dtype, device) for te in encoders)
     for m in (unet, vae, *encoders):
         m.requires_grad_(False)
-    install_cpu_conv_fastpath(unet)
+    install_speedups(unet)
     return IP2PModel(
         family=family,
         unet=unet,

@@ -6,6 +6,12 @@ than the arithmetic: measured on 2 cores, a 1280->1280 3x3 conv at 4x4, batch 2,
 ATen's im2col + GEMM path, and a whole SD 1.5 UNet step at 256x256, batch 2, gets 14% faster (outputs differ by
 1e-6). Above about 128 output positions per call (batch x height x width) oneDNN is faster again, so the choice is
 made per call.
+
+Attention calls: diffusers' ``Attention.forward`` inspects its processor's signature on every call to filter extra
+keyword arguments, even when there are none; the engine never passes any. Calling the processor directly in that
+case does the same work without the inspection: measured on 2 cores, a call of the tiny test UNet (12 attention
+layers), batch 2, takes 26.2 instead of 26.6 ms (1.5%); the saving per layer (~30 us) is the same at any size, so it
+matters where a step is short (small models, fast GPUs).
 """
 
 from __future__ import annotations
@@ -53,3 +59,29 @@ def install_cpu_conv_fastpath(module: torch.nn.Module) -> int:
             m.forward = types.MethodType(_conv_forward, m)
             count += 1
     return count
+
+
+def _attention_forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+    if kwargs:  # extra arguments: diffusers' own forward filters and warns about them
+        return type(self).forward(self, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+    return self.processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                          attention_mask=attention_mask)
+
+
+def install_attention_fastpath(module: torch.nn.Module) -> int:
+    """Let ``module``'s diffusers attention layers call their processor without re-inspecting it on every call;
+    returns how many layers were set up. Only plain ``Attention`` instances change (not subclasses)."""
+    from diffusers.models.attention_processor import Attention
+
+    count = 0
+    for m in module.modules():
+        if type(m) is Attention and "forward" not in m.__dict__:
+            m.forward = types.MethodType(_attention_forward, m)
+            count += 1
+    return count
+
+
+def install_speedups(unet: torch.nn.Module) -> None:
+    """Everything above, on a freshly loaded UNet."""
+    install_cpu_conv_fastpath(unet)
+    install_attention_fastpath(unet)
