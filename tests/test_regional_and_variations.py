@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ipx2p_core.sampling as sampling_mod
 from ipx2p_core import IP2PError, SamplerSettings, encode_image, encode_instruction, load_model, sample
 from ipx2p_core.image import images_to_pil
 from ipx2p_core.masks import MaskResizedWarning
@@ -134,8 +135,10 @@ def test_strength_too_low_for_the_steps(sd, photo):
 # ------------------------------------------------------------------------------------------------- guidance sweeps
 
 
-@pytest.mark.parametrize("max_rows", [None, 7])
-def test_sweep_cells_equal_single_runs(sd, photo, max_rows):
+# all cells in one batch; the CPU's default chunks; chunks of 2 cells
+@pytest.mark.parametrize("max_rows,cpu_rows", [(None, 4096), (None, 12), (7, 12)])
+def test_sweep_cells_equal_single_runs(sd, photo, monkeypatch, max_rows, cpu_rows):
+    monkeypatch.setattr(sampling_mod, "CPU_SWEEP_ROWS", cpu_rows)
     s = SamplerSettings(steps=3, seed=6, scheduler="euler_a")
     texts, imgs = [3.0, 7.5], [1.0, 1.5, 2.0]
     result = guidance_sweep(sd, photo, "make it winter", texts, imgs, settings=s, max_rows=max_rows)
@@ -146,14 +149,34 @@ def test_sweep_cells_equal_single_runs(sd, photo, max_rows):
     assert result.sheet.shape[0] == 1 and result.sheet.shape[-1] == 3 and result.sheet.shape[2] > 3 * 44
 
 
-def test_sweep_uses_one_unet_call_per_step(sd, photo):
+@pytest.mark.parametrize("family", ["sdxl", "cosxl"])
+def test_sdxl_sweep_cells_equal_single_runs(tiny_sdxl, tiny_cosxl, photo, monkeypatch, family):
+    model = load_model((tiny_sdxl if family == "sdxl" else tiny_cosxl)["folder"], cache=None)
+    monkeypatch.setattr(sampling_mod, "CPU_SWEEP_ROWS", 4096)  # all cells in one batch (pooled text per row)
+    s = SamplerSettings(steps=3, seed=2)
+    result = guidance_sweep(model, photo, "make it winter", [1.0, 5.0], [1.0, 1.5], settings=s, negative="blurry")
+    for k, (t, g) in enumerate(result.cells):
+        single = edit(model, photo, "make it winter", negative="blurry",
+                      settings=s.with_(text_guidance=t, image_guidance=g)).images
+        assert float((result.images[k] - single[0]).abs().max()) <= 1e-4, (t, g)
+
+
+@pytest.mark.parametrize("cpu_rows,expected", [
+    # one UNet call per step for all 9 cells: 6 cells x 3 passes + 3 cells with image guidance 1, which need 2;
+    # at the first step all cells have the same latents, so one row per pass serves them all
+    (4096, [3, 24, 24]),
+    # on the CPU, batches of at most 12 rows, in equal chunks: 3 cells (one text value) x 3 steps, three times
+    (12, [3, 8, 8] * 3),
+])
+def test_sweep_uses_one_unet_call_per_step(sd, photo, monkeypatch, cpu_rows, expected):
+    monkeypatch.setattr(sampling_mod, "CPU_SWEEP_ROWS", cpu_rows)
     calls = []
     handle = sd.unet.register_forward_pre_hook(lambda m, a: calls.append(int(a[0].shape[0])))
     try:
         guidance_sweep(sd, photo, "x", [5, 7.5, 10], [1, 1.5, 2], settings=SamplerSettings(steps=3))
     finally:
         handle.remove()
-    assert calls == [27, 27, 27]  # 9 cells x 3 passes, once per step
+    assert calls == expected
 
 
 @pytest.mark.parametrize("texts,imgs", [([], [1.0]), ([7.5], [])])
