@@ -78,17 +78,19 @@ class Browser:
         return page
 
     def unexpected_errors(self) -> list[dict]:
-        return [e for e in self.entries if not _known(e)]
+        return [e for e in self.entries if not known_error(e)]
 
     def close(self):
         self.context.close()
 
 
-def _known(entry: dict) -> bool:
+def known_error(entry: dict, optional_404: set[str] = OPTIONAL_404) -> bool:
+    """Whether a console entry is one the frontend logs by itself (see above), with ``optional_404`` the absent
+    optional files of this server."""
     if entry["kind"] == "console" and entry["text"].startswith(
             "Failed to load resource: the server responded with a status of 404"):
         url = urllib.parse.urlsplit(entry["url"])
-        if urllib.parse.unquote(url.path) in OPTIONAL_404:
+        if urllib.parse.unquote(url.path) in optional_404:
             return True
         return url.path == "/api/userdata" and urllib.parse.parse_qs(url.query).get("dir", [""])[0] in \
             OPTIONAL_404_LISTINGS

@@ -23,8 +23,7 @@ import pytest
 from PIL import Image
 
 from examples_helpers import EXAMPLES_DIR, TINY_MODEL_FOR, load_example
-from test_browser import (CHROMIUM, FRONTEND_SETTING_BUG, OPTIONAL_404_LISTINGS, PAD, Browser, drag, redraw,
-                          widget_value)
+from test_browser import CHROMIUM, PAD, Browser, drag, known_error, redraw, widget_value
 from test_comfyui_compat import COMFY_DIR, comfy  # noqa: F401  (comfy: ComfyUI --cpu with the pack, tiny models)
 
 pytestmark = [
@@ -46,19 +45,8 @@ LOAD, SAVE = 1, 4
 COMFY_OWN_404 = {"/user.css", "/api/userdata/user.css", "/api/userdata/comfy.templates.json"}
 
 
-def comfy_own(entry: dict) -> bool:
-    if entry["kind"] == "console" and entry["text"].startswith(
-            "Failed to load resource: the server responded with a status of 404"):
-        url = urllib.parse.urlsplit(entry["url"])
-        if urllib.parse.unquote(url.path) in COMFY_OWN_404:
-            return True
-        return url.path == "/api/userdata" and urllib.parse.parse_qs(url.query).get("dir", [""])[0] in \
-            OPTIONAL_404_LISTINGS
-    return entry["kind"] == "pageerror" and entry["text"] == FRONTEND_SETTING_BUG and "addSetting" in entry["stack"]
-
-
 def unexpected_errors(browser: Browser) -> list[dict]:
-    return [e for e in browser.entries if not comfy_own(e)]
+    return [e for e in browser.entries if not known_error(e, COMFY_OWN_404)]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -373,10 +373,6 @@ def models(tmp_path, tiny_sd):
 
 @pytest.fixture()
 def ipx2p_runner(tmp_path, models, photo):
-    import ipx2p_nodes
-
-    if "IPX2PSampler" not in ipx2p_nodes.NODE_CLASS_MAPPINGS:
-        pytest.skip("the IPX2P nodes are not there yet")
     previous = get_host()
     (tmp_path / "in").mkdir(exist_ok=True)
     photo.save(tmp_path / "in" / "photo.png")
