@@ -264,7 +264,7 @@ def _run(
                 first: dict[str, int] = {}  # pass -> its first segment
                 for k, (_, p) in enumerate(segments):
                     first.setdefault(p, k)
-                rows = torch.cat([torch.arange(n_rows)[rows_of[k]] for k in first.values()]).to(device)
+                rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in first.values()]).to(device)
                 sub_added = None if added is None else {key: v[rows] for key, v in added.items()}
                 noise_pred = model.unet(unet_in[rows], t, encoder_hidden_states=prompt_embeds[rows],
                                         added_cond_kwargs=sub_added, return_dict=False)[0]
@@ -286,7 +286,8 @@ def _run(
             if i == len(timesteps) - 1 or (i + 1) % order == 0:
                 done += 1
                 if callback is not None:
-                    callback(done, total, cells[0].latents if len(cells) == 1 else torch.cat([c.latents for c in cells]))
+                    shown = cells[0].latents if len(cells) == 1 else torch.cat([c.latents for c in cells])
+                    callback(done, total, shown)
     return [c.latents for c in cells]
 
 
@@ -342,7 +343,7 @@ def sweep(
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> SweepResult:
-    """Edit with every (text, image) guidance pair, same seed; one UNet call per step serves all cells.
+    """Edit with every (text, image) guidance pair, same seed; one UNet call per step serves all cells (of a chunk).
 
     ``max_rows`` caps the UNet batch (cells x images x passes); cells beyond it run in further chunks of equal
     size. On the CPU the cap is at most ``CPU_SWEEP_ROWS``. On a GPU that runs out of memory the chunk is halved and
