@@ -66,3 +66,21 @@ def _quiet_known_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         yield
+
+
+@pytest.fixture()
+def runner(tmp_path):
+    """A runner over the small dummy nodes of dummy_nodes.py (test_example_workflows.py has its own ``runner``)."""
+    from dummy_nodes import CALLS, NODES, Slow
+
+    from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+    from ipx2p_standalone.runner import Runner
+
+    CALLS.clear()
+    previous = get_host()
+    host = StandaloneHost(models_dir=tmp_path / "models", device="cpu")
+    r = Runner(NODES, output_dir=tmp_path / "out", input_dir=tmp_path / "in", temp_dir=tmp_path / "temp", host=host)
+    (tmp_path / "in").mkdir()
+    yield r
+    Slow.on_step = None
+    set_host(previous)

@@ -19,18 +19,6 @@ from ipx2p_standalone.runner import Runner, WorkflowError
 from ipx2p_standalone.workflow import input_types, widget_default, widget_layout
 
 
-@pytest.fixture()
-def runner(tmp_path):
-    CALLS.clear()
-    previous = get_host()
-    host = StandaloneHost(models_dir=tmp_path / "models", device="cpu")
-    r = Runner(NODES, output_dir=tmp_path / "out", input_dir=tmp_path / "in", temp_dir=tmp_path / "temp", host=host)
-    (tmp_path / "in").mkdir()
-    yield r
-    Slow.on_step = None
-    set_host(previous)
-
-
 def chain(value=3.0, factor=2.0):
     """1, 2 → 3 (Add) → 4 (Scale) → 5 (Show); 9 is needed by no output."""
     return {

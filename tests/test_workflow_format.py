@@ -12,8 +12,6 @@ import torch
 from dummy_nodes import CALLS, NODES
 from PIL import Image
 
-from ipx2p_nodes.host import StandaloneHost, get_host, set_host
-from ipx2p_standalone.runner import Runner
 from ipx2p_standalone.workflow import (
     WidgetSlot,
     WorkflowFormatError,
@@ -22,17 +20,6 @@ from ipx2p_standalone.workflow import (
     ui_to_api,
     widget_layout,
 )
-
-
-@pytest.fixture()
-def runner(tmp_path):
-    CALLS.clear()
-    previous = get_host()
-    host = StandaloneHost(models_dir=tmp_path / "models", device="cpu")
-    r = Runner(NODES, output_dir=tmp_path / "out", input_dir=tmp_path / "in", temp_dir=tmp_path / "temp", host=host)
-    (tmp_path / "in").mkdir()
-    yield r
-    set_host(previous)
 
 
 def ui(nodes, links, version=0.4):
