@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import defaults
 from .errors import IP2PError
 from .image import ResizePolicy, contact_sheet, decode_latents, encode_image
 from .models import IP2PModel
@@ -27,11 +28,11 @@ def edit(
     *,
     negative: str | Sequence[str] | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     mask=None,
-    mask_grow: int = 0,
-    mask_feather: int = 0,
+    mask_grow: int = defaults.MASK_GROW,
+    mask_feather: int = defaults.MASK_FEATHER,
     tiled: bool | None = None,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -56,8 +57,8 @@ def edit_chain(
     *,
     negative: str | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[EditResult]:
@@ -95,8 +96,8 @@ def guidance_sweep(
     *,
     negative: str | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     max_rows: int | None = None,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,

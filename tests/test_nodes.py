@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import ipx2p_nodes
-from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+from ipx2p_nodes.host import get_host, set_host
+from ipx2p_standalone.host import StandaloneHost
 
 
 @pytest.fixture()
@@ -97,7 +98,7 @@ def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, t
     import types
 
     from ipx2p_core import load_model
-    from ipx2p_nodes.host import ComfyHost
+    from ipx2p_nodes.comfy_host import ComfyHost
 
     loaded = []
 
