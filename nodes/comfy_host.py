@@ -105,5 +105,8 @@ class ComfyHost:
         """ComfyUI's own exception, so its executor reports "interrupted" (not an error); it clears the flag."""
         import comfy.model_management as mm
 
-        mm.throw_exception_if_processing_interrupted()
+        try:
+            mm.throw_exception_if_processing_interrupted()
+        except mm.InterruptProcessingException as interrupt:
+            raise interrupt from exc
         raise mm.InterruptProcessingException() from exc  # the flag was cleared meanwhile; still an interrupt
