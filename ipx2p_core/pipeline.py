@@ -39,7 +39,8 @@ def edit(
 ) -> EditResult:
     """Edit ``image`` following ``instruction``: encode both, sample with dual guidance, decode.
 
-    With ``mask`` (1 = edit) the pixels outside the mask are the input's, exactly.
+    With ``mask`` (1 = edit) the pixels outside the mask are the input's, exactly. Unless ``restore_size`` is off,
+    the result has the input's size. Defaults come from :mod:`.defaults`, as for the nodes and the CLI.
     """
     cond = encode_instruction(model, instruction, negative)
     latents_in = encode_image(model, image, resize, mask=mask, mask_grow=mask_grow, mask_feather=mask_feather,
