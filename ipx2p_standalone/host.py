@@ -30,7 +30,7 @@ class StandaloneHost:
         self.extra_dirs: dict[str, list[Path]] = {}
         self.progress_callback: Callable[[int, int, object | None], None] | None = None
         self.previews = True
-        self._cancel = threading.Event()
+        self._interrupt = threading.Event()
 
     # model folders
     def model_dirs(self, kind: str) -> list[Path]:
@@ -80,7 +80,7 @@ class StandaloneHost:
             self.progress_callback(step, total, preview)
 
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._interrupt.is_set()
 
     def raise_cancelled(self, exc: Cancelled):
         raise exc  # the runner reports Cancelled as the interruption
@@ -88,7 +88,7 @@ class StandaloneHost:
     # the runner's controls (not part of the seam nodes see)
     def interrupt(self) -> None:
         """Ask the running work to stop: nodes see ``cancelled()`` turn true at the next step."""
-        self._cancel.set()
+        self._interrupt.set()
 
     def clear_interrupt(self) -> None:
-        self._cancel.clear()
+        self._interrupt.clear()
