@@ -1087,6 +1087,8 @@ class Runner:
         return data
 
     def _call(self, node_id: str, class_type: str, data: dict[str, list]) -> tuple[list, dict]:
+        """Call the node's FUNCTION (one object per node id, kept across runs) under inference mode: once with the
+        lists (``INPUT_IS_LIST``), else once per list index, shorter lists repeating their last item."""
         cls = self.node_classes[class_type]
         obj = self._objects.get((node_id, class_type))
         if obj is None:
@@ -1122,38 +1124,44 @@ class Runner:
                 returns = [call({k: vals[i if len(vals) > i else -1] for k, vals in data.items()})
                            for i in range(count)]
 
-        n_out = len(getattr(cls, "RETURN_TYPES", ()))
-        results, uis = [], []
-        for r in returns:
-            if isinstance(r, dict):
-                if "ui" in r:
-                    uis.append(r["ui"])
-                if "expand" in r:
-                    raise NotImplementedError(f"{class_type} expands into a sub-graph, which the standalone runner "
-                                              "does not support")
-                if "result" in r:
-                    results.append(tuple(r["result"]))
-            elif r is None:
-                results.append(tuple([None] * n_out))
-            elif isinstance(r, (tuple, list)):
-                results.append(tuple(r))
+        return _merge_returns(cls, class_type, returns)
+
+
+def _merge_returns(cls, class_type: str, returns: list) -> tuple[list, dict]:
+    """What the node's calls returned → (one list per output slot, the merged UI dict), as ComfyUI merges them:
+    a tuple per call, or a dict with "result" and/or "ui"; ``OUTPUT_IS_LIST`` slots are concatenated."""
+    n_out = len(getattr(cls, "RETURN_TYPES", ()))
+    results, uis = [], []
+    for r in returns:
+        if isinstance(r, dict):
+            if "ui" in r:
+                uis.append(r["ui"])
+            if "expand" in r:
+                raise NotImplementedError(f"{class_type} expands into a sub-graph, which the standalone runner "
+                                          "does not support")
+            if "result" in r:
+                results.append(tuple(r["result"]))
+        elif r is None:
+            results.append(tuple([None] * n_out))
+        elif isinstance(r, (tuple, list)):
+            results.append(tuple(r))
+        else:
+            raise TypeError(f"{class_type}.{cls.FUNCTION} returned {type(r).__name__}; expected a tuple of "
+                            f"{n_out} output(s) or a dict with 'ui'/'result'")
+    outputs: list[list] = []
+    if results:
+        width = len(results[0])
+        is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * width))
+        is_list += [False] * (width - len(is_list))
+        for i in range(width):
+            if is_list[i]:
+                merged: list = []
+                for r in results:
+                    merged.extend(r[i])
+                outputs.append(merged)
             else:
-                raise TypeError(f"{class_type}.{cls.FUNCTION} returned {type(r).__name__}; expected a tuple of "
-                                f"{n_out} output(s) or a dict with 'ui'/'result'")
-        outputs: list[list] = []
-        if results:
-            width = len(results[0])
-            is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * width))
-            is_list += [False] * (width - len(is_list))
-            for i in range(width):
-                if is_list[i]:
-                    merged: list = []
-                    for r in results:
-                        merged.extend(r[i])
-                    outputs.append(merged)
-                else:
-                    outputs.append([r[i] for r in results])
-        ui: dict = {}
-        if uis:
-            ui = {k: [y for u in uis for y in u.get(k, [])] for k in uis[0]}
-        return outputs, ui
+                outputs.append([r[i] for r in results])
+    ui: dict = {}
+    if uis:
+        ui = {k: [y for u in uis for y in u.get(k, [])] for k in uis[0]}
+    return outputs, ui
