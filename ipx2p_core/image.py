@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from . import defaults
 from .errors import IP2PError
 from .masks import EditRegion, composite, latent_mask, process_mask
 from .models import IP2PModel
@@ -218,11 +219,11 @@ def _use_tiling(tiled: bool | None, pixels: int) -> bool:
 def encode_image(
     model: IP2PModel,
     image,
-    resize: "ResizePolicy | str | None" = "keep",
+    resize: "ResizePolicy | str | None" = defaults.RESIZE,
     *,
     mask=None,
-    mask_grow: int = 0,
-    mask_feather: int = 0,
+    mask_grow: int = defaults.MASK_GROW,
+    mask_feather: int = defaults.MASK_FEATHER,
     tiled: bool | None = None,
 ) -> ImageLatents:
     """Encode input image(s) for editing. ``tiled=None`` tiles the VAE automatically above 4 megapixels.

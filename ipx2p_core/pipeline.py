@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import defaults
 from .errors import IP2PError
 from .image import ResizePolicy, contact_sheet, decode_latents, encode_image
 from .models import IP2PModel
@@ -27,18 +28,19 @@ def edit(
     *,
     negative: str | Sequence[str] | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     mask=None,
-    mask_grow: int = 0,
-    mask_feather: int = 0,
+    mask_grow: int = defaults.MASK_GROW,
+    mask_feather: int = defaults.MASK_FEATHER,
     tiled: bool | None = None,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> EditResult:
     """Edit ``image`` following ``instruction``: encode both, sample with dual guidance, decode.
 
-    With ``mask`` (1 = edit) the pixels outside the mask are the input's, exactly.
+    With ``mask`` (1 = edit) the pixels outside the mask are the input's, exactly. Unless ``restore_size`` is off,
+    the result has the input's size. Defaults come from :mod:`.defaults`, as for the nodes and the CLI.
     """
     cond = encode_instruction(model, instruction, negative)
     latents_in = encode_image(model, image, resize, mask=mask, mask_grow=mask_grow, mask_feather=mask_feather,
@@ -56,8 +58,8 @@ def edit_chain(
     *,
     negative: str | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[EditResult]:
@@ -95,8 +97,8 @@ def guidance_sweep(
     *,
     negative: str | None = None,
     settings: SamplerSettings = SamplerSettings(),
-    resize: ResizePolicy | str | None = "keep",
-    restore_size: bool = False,
+    resize: ResizePolicy | str | None = defaults.RESIZE,
+    restore_size: bool = defaults.RESTORE_SIZE,
     max_rows: int | None = None,
     callback: StepCallback | None = None,
     cancel: Callable[[], bool] | None = None,

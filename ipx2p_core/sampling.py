@@ -23,7 +23,7 @@ from .models import IP2PModel
 from .schedulers import make_scheduler
 from .text import Conditioning
 
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = defaults.MAX_SEED
 PASS_ORDER = (TEXT, IMAGE, UNCOND)
 # Largest sweep batch on the CPU. Bigger batches only add cache misses there: measured on 2 cores, a 3 x 3 sweep on
 # the tiny test model (64 px) takes 4.85 s in chunks of 9 rows, 5.88 s in one batch of 24, 6.14 s as 9 edits.
@@ -44,13 +44,13 @@ class SamplerSettings:
     image_guidance: float = defaults.IMAGE_GUIDANCE
     scheduler: str | None = defaults.SCHEDULER
     seed: int = defaults.SEED
-    images_per_instruction: int = 1
-    eta: float = 0.0
-    guidance_rescale: float = 0.0
+    images_per_instruction: int = defaults.IMAGES_PER_INSTRUCTION
+    eta: float = defaults.ETA
+    guidance_rescale: float = defaults.GUIDANCE_RESCALE
     denoising_end: float | None = None
     diffusers_gate: bool = False
-    strength: float = 1.0
-    image_guidance_end: float | None = None
+    strength: float = defaults.STRENGTH
+    image_guidance_end: float | None = defaults.IMAGE_GUIDANCE_END
 
     def with_(self, **changes) -> "SamplerSettings":
         return replace(self, **changes)
@@ -75,8 +75,8 @@ class StepCallback(Protocol):
 def validate_settings(s: SamplerSettings) -> GuidancePlan:
     if not isinstance(s.steps, int) or isinstance(s.steps, bool) or s.steps < 1:
         raise IP2PError(f"Steps must be a whole number of at least 1, got {s.steps!r}.")
-    if s.steps > 1000:
-        raise IP2PError(f"Steps must be at most 1000 (the model's training schedule), got {s.steps}.")
+    if s.steps > defaults.MAX_STEPS:
+        raise IP2PError(f"Steps must be at most {defaults.MAX_STEPS} (the model's training schedule), got {s.steps}.")
     if not isinstance(s.images_per_instruction, int) or s.images_per_instruction < 1:
         raise IP2PError(f"Images per instruction must be at least 1, got {s.images_per_instruction!r}.")
     if not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:

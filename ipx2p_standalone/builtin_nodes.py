@@ -30,6 +30,8 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from ipx2p_core.paths import contained_path
+
 ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
 
@@ -49,23 +51,19 @@ def is_image_name(name: str) -> bool:
     return bool(mime) and mime.split("/")[0] == "image"
 
 
-def resolve_annotated(folders: Folders, name: str) -> Path | None:
-    """ComfyUI's annotated file name → a path inside the named folder (input by default), or None if it escapes."""
-    kind = "input"
-    for suffix, k in ANNOTATIONS.items():
+def split_annotation(name: str) -> tuple[str, str | None]:
+    """ComfyUI's ``"name.png [output]"`` → (``"name.png"``, ``"output"``); (name, None) without an annotation."""
+    for suffix, kind in ANNOTATIONS.items():
         if name.endswith(suffix):
-            name, kind = name[: -len(suffix)], k
-            break
-    if not name or "\x00" in name:
-        return None
-    base = folders.base(kind).resolve()
-    rel = Path(name.replace("\\", "/"))
-    if rel.is_absolute():
-        return None
-    candidate = (base / rel).resolve()
-    if candidate != base and not candidate.is_relative_to(base):
-        return None
-    return candidate
+            return name[: -len(suffix)], kind
+    return name, None
+
+
+def resolve_annotated(folders: Folders, name: str) -> Path | None:
+    """ComfyUI's annotated file name → a path inside the named folder (input by default), or None if it escapes
+    (symlinks resolved: a link inside the folder may not lead out of it)."""
+    name, kind = split_annotation(name)
+    return contained_path(folders.base(kind or "input"), name)
 
 
 def _image_problem(path: Path | None, name: str) -> str | None:

@@ -40,8 +40,7 @@ def _add_run_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from ipx2p_nodes.host import StandaloneHost
-
+    from .host import StandaloneHost
     from .runner import Runner, format_errors
     from .workflow import OverrideError, WorkflowFormatError, load_workflow_file, parse_set_argument
 
@@ -51,11 +50,11 @@ def cmd_run(args) -> int:
     except (WorkflowFormatError, OverrideError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    host = StandaloneHost(models_dir=args.models, device=args.device)
+    host = StandaloneHost(models_dir=args.models, device=args.device, temp_dir=args.temp_dir)
     host.previews = False  # nothing here shows latent previews; skip making them
     if not args.quiet and not getattr(args, "verbose", False):
         _no_library_progress_bars()  # our per-node lines and step bar are the progress shown
-    runner = Runner(output_dir=args.output_dir, input_dir=args.input_dir, temp_dir=args.temp_dir, host=host)
+    runner = Runner(output_dir=args.output_dir, input_dir=args.input_dir, host=host)
     reporter = _RunReporter(runner, quiet=args.quiet)
     result = runner.run(workflow, overrides=overrides, on_event=reporter)
     reporter.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from ipx2p_core import defaults
 from ipx2p_core.errors import IP2PError
+from ipx2p_core.number_lists import format_number_list, parse_number_list
 from ipx2p_core.schedulers import SCHEDULERS
 
 
@@ -17,13 +19,15 @@ from ipx2p_core.schedulers import SCHEDULERS
 def _add_model_arguments(p) -> None:
     p.add_argument("--model", "-m", required=True,
                    help="diffusers folder, .safetensors file, or Hub id (timbrooks/instruct-pix2pix)")
-    p.add_argument("--dtype", default=defaults.DTYPE, choices=["fp32", "fp16", "bf16"], help="model precision")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--family", default="auto", choices=["auto", "sd15", "sdxl", "cosxl"],
+    p.add_argument("--dtype", default=defaults.DTYPE, choices=["auto", "fp32", "fp16", "bf16"],
+                   help="model precision; auto (default) = fp16 on a GPU, fp32 on the CPU")
+    p.add_argument("--device", default=defaults.DEVICE, help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--family", default=defaults.FAMILY, choices=["auto", "sd15", "sdxl", "cosxl"],
                    help="model family; auto reads it from the weights")
     p.add_argument("--config", default=None, help="diffusers-layout config folder for unusual single files")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:TEXT_STRENGTH]]",
-                   help="apply a LoRA (repeatable); STRENGTH for the UNet (default 1; negative allowed), "
+                   help=f"apply a LoRA (repeatable); STRENGTH for the UNet (default {defaults.LORA_STRENGTH:g}; "
+                        "negative allowed), "
                         "TEXT_STRENGTH for the text encoder(s) (default: STRENGTH)")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="load a textual-inversion embedding (repeatable); use it as embedding:NAME "
@@ -44,7 +48,9 @@ def _add_sampling_arguments(p, guidance: bool = True) -> None:
     p.add_argument("--negative", default="", help="negative instruction (what to avoid)")
     p.add_argument("--resize", default=defaults.RESIZE,
                    help="keep (input size, multiple of 8) | fit:N (longest side ~N, multiples of 64) | WxH")
-    p.add_argument("--restore-size", action="store_true", help="resize the result back to the input's size")
+    p.add_argument("--restore-size", action=argparse.BooleanOptionalAction, default=defaults.RESTORE_SIZE,
+                   help="return the result at the input's size (default on; --no-restore-size keeps the size it "
+                        "was sampled at)")
 
 
 def add_edit_parsers(sub) -> None:
@@ -58,18 +64,23 @@ def add_edit_parsers(sub) -> None:
     p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
     _add_model_arguments(p)
     _add_sampling_arguments(p)
-    p.add_argument("--images", type=int, default=1, help="number of edits to make (different noise each)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, counters over-saturation (default 0)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="edit strength in (0, 1]: lower starts from the input and keeps more structure (default 1)")
-    p.add_argument("--image-guidance-end", type=float, default=None,
+    p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
+                   help="number of edits to make (different noise each)")
+    p.add_argument("--guidance-rescale", type=float, default=defaults.GUIDANCE_RESCALE,
+                   help=f"0..1, counters over-saturation (default {defaults.GUIDANCE_RESCALE:g})")
+    p.add_argument("--eta", type=float, default=defaults.ETA, help=f"DDIM eta (default {defaults.ETA:g})")
+    p.add_argument("--strength", type=float, default=defaults.STRENGTH,
+                   help="edit strength in (0, 1]: lower starts from the input and keeps more structure "
+                        f"(default {defaults.STRENGTH:g})")
+    p.add_argument("--image-guidance-end", type=float, default=defaults.IMAGE_GUIDANCE_END,
                    help="image guidance at the last step (linear from --image-guidance); default constant")
     p.add_argument("--mask", default=None, metavar="FILE",
                    help="edit only where this mask is white (greyscale image, or the transparency of an RGBA "
                         "image); outside it the output keeps the input's pixels exactly")
-    p.add_argument("--mask-grow", type=int, default=0, help="grow (or, negative, shrink) the mask by N pixels")
-    p.add_argument("--mask-feather", type=int, default=8, help="soften the mask's edge over N pixels (default 8)")
+    p.add_argument("--mask-grow", type=int, default=defaults.MASK_GROW,
+                   help=f"grow (or, negative, shrink) the mask by N pixels (default {defaults.MASK_GROW})")
+    p.add_argument("--mask-feather", type=int, default=defaults.MASK_FEATHER,
+                   help=f"soften the mask's edge over N pixels (default {defaults.MASK_FEATHER})")
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser(
@@ -81,12 +92,15 @@ def add_edit_parsers(sub) -> None:
     p.add_argument("image", help="input image file")
     p.add_argument("instruction", help='what to change, e.g. "make it winter"')
     p.add_argument("-o", "--output", default="sweep.png", help="contact sheet PNG (cells go to OUTPUT_cells/)")
-    p.add_argument("--text", dest="text_values", default="5,7.5,10",
-                   help="text guidance values, comma separated (default 5,7.5,10)")
-    p.add_argument("--image", dest="image_values", default="1,1.5,2",
-                   help="image guidance values, comma separated (default 1,1.5,2)")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help="largest UNet batch per call (edits x passes); lower it when memory runs out")
+    text_values = format_number_list(defaults.SWEEP_TEXT_GUIDANCES)
+    image_values = format_number_list(defaults.SWEEP_IMAGE_GUIDANCES)
+    p.add_argument("--text", dest="text_values", default=text_values,
+                   help=f"text guidance values, comma separated (default {text_values!r})")
+    p.add_argument("--image", dest="image_values", default=image_values,
+                   help=f"image guidance values, comma separated (default {image_values!r})")
+    p.add_argument("--max-batch", type=int, default=defaults.SWEEP_MAX_BATCH,
+                   help="largest UNet batch per call (edits x passes); lower it when memory runs out "
+                        f"(default {defaults.SWEEP_MAX_BATCH}; never changes the results)")
     _add_model_arguments(p)
     _add_sampling_arguments(p, guidance=False)
     p.set_defaults(func=cmd_sweep)
@@ -151,7 +165,7 @@ def _adapter_metadata(model) -> dict:
 def parse_lora_argument(value: str) -> tuple[str, float, float]:
     """``FILE[:STRENGTH[:TEXT_STRENGTH]]`` -> (file, strength, text strength); a path may itself hold colons."""
     if Path(value).exists():
-        return value, 1.0, 1.0
+        return value, defaults.LORA_STRENGTH, defaults.LORA_STRENGTH
     parts = value.split(":")
     numbers: list[float] = []
     while len(parts) > 1 and len(numbers) < 2:
@@ -163,20 +177,9 @@ def parse_lora_argument(value: str) -> tuple[str, float, float]:
     path = ":".join(parts)
     if not path:
         raise IP2PError(f"--lora {value!r}: give a file, optionally followed by :STRENGTH[:TEXT_STRENGTH].")
-    strength = numbers[0] if numbers else 1.0
+    strength = numbers[0] if numbers else defaults.LORA_STRENGTH
     text = numbers[1] if len(numbers) > 1 else strength
     return path, strength, text
-
-
-def parse_values(text: str, option: str) -> list[float]:
-    items = [t for t in text.replace(";", ",").split(",") if t.strip()]
-    try:
-        values = [float(t) for t in items]
-    except ValueError:
-        raise IP2PError(f"{option} takes numbers separated by commas, e.g. 5,7.5,10; got {text!r}.") from None
-    if not values:
-        raise IP2PError(f"{option} needs at least one value.")
-    return values
 
 
 def save_png(image, path: Path, metadata: dict) -> None:
@@ -214,14 +217,17 @@ def _settings(args, **extra):
 def _load(args):
     """Load the model with its LoRAs and embeddings; say what was loaded."""
     from ipx2p_core import apply_embedding, apply_lora, load_model
+    from ipx2p_core.models import parse_device
 
-    from .hub import resolve_model_argument
+    from .model_download import resolve_model_argument
 
     loras = [parse_lora_argument(v) for v in args.lora]
     model_path = resolve_model_argument(args.model)
     if not args.quiet:
         print(f"Loading {args.model} ...", file=sys.stderr)
-    model = load_model(model_path, family=args.family, dtype=args.dtype, device=args.device, config=args.config)
+    device = parse_device(args.device)
+    args.dtype = defaults.dtype_for(args.dtype, device.type)  # the precision used, also for the PNG metadata
+    model = load_model(model_path, family=args.family, dtype=args.dtype, device=device, config=args.config)
     for path, strength, text in loras:
         model = apply_lora(model, path, strength, text)
     for path in args.embedding:
@@ -288,7 +294,7 @@ def cmd_sweep(args) -> int:
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import guidance_sweep
 
-    texts, imgs = parse_values(args.text_values, "--text"), parse_values(args.image_values, "--image")
+    texts, imgs = parse_number_list(args.text_values, "--text"), parse_number_list(args.image_values, "--image")
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)

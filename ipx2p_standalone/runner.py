@@ -46,7 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ipx2p_core.errors import Cancelled
+from ipx2p_nodes.host import set_host
+
 from .builtin_nodes import BUILTIN_DISPLAY_NAMES, Folders, make_builtin_nodes
+from .host import StandaloneHost
 from .workflow import (
     Conversion,
     OverrideError,
@@ -56,6 +60,7 @@ from .workflow import (
     id_sort_key,
     input_types,
     is_api_prompt,
+    is_link,
     is_ui_workflow,
     spec_options,
     spec_type,
@@ -67,10 +72,6 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[[str, dict], None]
 
 
-class Interrupted(Exception):
-    """Raised inside a run when the host was asked to stop (``runner.interrupt()`` / ``host.interrupt()``)."""
-
-
 class WorkflowError(Exception):
     """A workflow that could not run or a node that failed; ``error`` and ``node_errors`` as in ComfyUI."""
 
@@ -79,14 +80,6 @@ class WorkflowError(Exception):
         self.node_errors = node_errors or {}
         self.status = status
         super().__init__(format_errors(self.error, self.node_errors))
-
-
-def _cancelled_types() -> tuple[type, ...]:
-    try:
-        from ipx2p_core.errors import Cancelled
-    except ImportError:  # pragma: no cover - the engine is always installed with the runner
-        return (Interrupted,)
-    return (Interrupted, Cancelled)
 
 
 def _now_ms() -> int:
@@ -106,11 +99,6 @@ def _format_value(x):
 
 def _error(kind: str, message: str, details: str = "", **extra) -> dict:
     return {"type": kind, "message": message, "details": details, "extra_info": extra}
-
-
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
-        and isinstance(value[1], int) and not isinstance(value[1], bool)
 
 
 def _accepted(fn) -> tuple[list[str], bool]:
@@ -135,6 +123,61 @@ def _types_compatible(received, expected) -> bool:
     if "*" in (received, expected):
         return True
     return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
+
+
+_SOCKET_FREE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "*")
+
+
+def _convert(kind, val):
+    """A widget value converted to its input's type, as ComfyUI converts it (raises ValueError/TypeError)."""
+    if kind == "INT":
+        if isinstance(val, float) and not val.is_integer():
+            raise ValueError(f"{val} is not a whole number")
+        return int(val)
+    if kind == "FLOAT":
+        val = float(val)
+        if math.isnan(val):
+            raise ValueError("NaN")
+        return val
+    if kind == "STRING":
+        return str(val)
+    if kind == "BOOLEAN":
+        return {"true": True, "false": False}.get(val.lower(), bool(val)) if isinstance(val, str) else bool(val)
+    return val
+
+
+def _check_constant(inputs: dict, name: str, spec, range_checks: bool) -> dict | None:
+    """A constant input: unwrap ``{"__value__": ...}``, refuse constants for socket types, convert the value in
+    place, then check ``min``, ``max`` and a combo's options (unless the node judges them itself)."""
+    kind, opts = spec_type(spec), spec_options(spec)
+    val = inputs[name]
+    if isinstance(val, dict) and "__value__" in val:
+        val = inputs[name] = val["__value__"]
+    if isinstance(kind, str) and kind not in _SOCKET_FREE_TYPES and "," not in kind and combo_options(spec) is None:
+        # ComfyUI would hand the constant to the node; a socket type needs a link
+        return _error("bad_linked_input", f"Input must be linked to a {kind} output",
+                      f"{name} got the constant {_format_value(val)!r}", input_name=name,
+                      received_value=_format_value(val))
+    try:
+        val = inputs[name] = _convert(kind, val)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return _error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                      f"{name}, {val}, {exc}", input_name=name, received_value=_format_value(val),
+                      exception_message=str(exc))
+    if not range_checks:
+        return None
+    if "min" in opts and isinstance(val, (int, float)) and val < opts["min"]:
+        return _error("value_smaller_than_min", f"Value {val} smaller than min of {opts['min']}", name,
+                      input_name=name, received_value=val)
+    if "max" in opts and isinstance(val, (int, float)) and val > opts["max"]:
+        return _error("value_bigger_than_max", f"Value {val} bigger than max of {opts['max']}", name,
+                      input_name=name, received_value=val)
+    options = combo_options(spec)
+    if options is not None and val not in options:
+        listing = f"(list of length {len(options)})" if len(options) > 20 else str(options)
+        return _error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listing}",
+                      input_name=name, received_value=val)
+    return None
 
 
 def _describe(err: dict) -> str:
@@ -329,6 +372,96 @@ def _digest(parts) -> str | None:
     return hashlib.sha256("".join(out).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@dataclass
+class _Plan:
+    needed: list[str]  # every node the outputs need
+    keys: dict[str, str | None]  # cache key per needed node (None: never cached)
+    order: list[str]  # run order: each node after the nodes it links from
+
+
+class _RunEvents:
+    """One run's reports to ``on_event`` in ComfyUI's websocket shapes, with the per-node progress state.
+
+    Status messages (start, cached, success, error, interrupted) are also kept in ``result.messages`` with a
+    timestamp, as ComfyUI's history keeps them. A listener that raises is logged and never breaks the run.
+    """
+
+    def __init__(self, result: RunResult, on_event: EventCallback | None, host):
+        self.result, self.on_event, self.host = result, on_event, host
+        self.prompt_id = result.prompt_id
+        self.states: dict[str, dict] = {}  # node id → {"value", "max", "state"}
+        self.current_node: str | None = None
+
+    def emit(self, event: str, data: dict, status_message: bool = False) -> dict:
+        if status_message:
+            data = {**data, "timestamp": _now_ms()}
+            self.result.messages.append((event, data))
+        if self.on_event is not None:
+            try:
+                self.on_event(event, data)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break the run
+                log.exception("on_event listener failed for %s", event)
+        return data
+
+    def started(self, cached: list[str]) -> None:
+        self.emit("execution_start", {"prompt_id": self.prompt_id}, status_message=True)
+        self.emit("execution_cached", {"nodes": list(cached), "prompt_id": self.prompt_id}, status_message=True)
+
+    def _send_states(self) -> None:
+        nodes = {nid: {"value": st["value"], "max": st["max"], "state": st["state"], "node_id": nid,
+                       "prompt_id": self.prompt_id, "display_node_id": nid, "parent_node_id": None,
+                       "real_node_id": nid} for nid, st in self.states.items()}
+        self.emit("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
+
+    def node_started(self, n: str) -> None:
+        self.current_node = n
+        self.states[n] = {"value": 0, "max": 1, "state": "running"}
+        self.emit("executing", {"node": n, "display_node": n, "prompt_id": self.prompt_id})
+        self._send_states()
+
+    def progress(self, value, total, preview=None) -> None:
+        """The host's progress callback: a step of the running node (and its latent preview, if any)."""
+        if self.host.cancelled():
+            raise Cancelled("Interrupted during progress update")
+        node = self.current_node
+        if node is None:
+            return
+        self.states[node] = {"value": value, "max": total, "state": "running"}
+        self._send_states()
+        self.emit("progress", {"value": int(value), "max": int(total), "prompt_id": self.prompt_id, "node": node})
+        if preview is not None:
+            self.emit("preview", {"node": node, "display_node": node, "prompt_id": self.prompt_id, "image": preview})
+
+    def node_finished(self, n: str, ui: dict) -> None:
+        if ui:
+            self.emit("executed", {"node": n, "display_node": n, "output": ui, "prompt_id": self.prompt_id})
+        top = self.states[n]["max"]
+        self.states[n] = {"value": top, "max": top, "state": "finished"}
+        self._send_states()
+
+    def failed(self, n: str, class_type: str, exc: Exception, input_data: dict | None) -> None:
+        self.states[n] = {**self.states.get(n, {"value": 0, "max": 1}), "state": "error"}
+        self._send_states()
+        executed = self.result.executed
+        payload = {
+            "prompt_id": self.prompt_id, "node_id": n, "node_type": class_type, "executed": list(executed),
+            "exception_message": f"{exc}\n", "exception_type": _full_type_name(type(exc)),
+            "traceback": traceback.format_tb(exc.__traceback__),
+            "current_inputs": {k: [_format_value(x) for x in vals] for k, vals in (input_data or {}).items()},
+            "current_outputs": list(self.result.cached),
+        }
+        log.error("Node %s (%s) failed: %s", n, class_type, exc)
+        self.result.status = "error"
+        self.result.error = self.emit("execution_error", payload, status_message=True)
+
+    def interrupted(self, n: str, class_type: str, exc: BaseException) -> None:
+        log.info("Processing interrupted at node %s (%s): %s", n, class_type, exc)
+        self.result.status = "interrupted"
+        self.result.error = self.emit("execution_interrupted", {
+            "prompt_id": self.prompt_id, "node_id": n, "node_type": class_type,
+            "executed": list(self.result.executed)}, status_message=True)
+
+
 def default_node_classes() -> tuple[dict, dict]:
     """Our nodes (``ipx2p_nodes.NODE_CLASS_MAPPINGS``) and their display names."""
     import ipx2p_nodes
@@ -341,25 +474,22 @@ class Runner:
 
     ``node_classes``: ``{class_type: class}``; None = our nodes. LoadImage, SaveImage and PreviewImage (standalone,
     bound to this runner's folders) are added unless ``include_builtins`` is false or the mapping has its own.
-    ``host``: the :class:`~ipx2p_nodes.host.StandaloneHost` the nodes see (model folders, progress, interrupt);
-    installed with ``set_host`` for every run.
+    ``host``: the :class:`~ipx2p_standalone.host.StandaloneHost` the nodes see (model folders, progress,
+    cancellation), installed with ``set_host`` for every run. Its temp folder is the runner's: a host without one
+    is lent ``temp_dir`` (or a new temporary folder), and a runner without ``temp_dir`` uses the host's.
     """
 
     def __init__(self, node_classes: dict | None = None, output_dir=None, input_dir=None, temp_dir=None,
-                 host=None, *, display_names: dict | None = None, include_builtins: bool = True,
-                 cache_size: int = 0, png_metadata: bool = True):
-        from ipx2p_nodes.host import StandaloneHost, set_host
-
+                 host: StandaloneHost | None = None, *, display_names: dict | None = None,
+                 include_builtins: bool = True, cache_size: int = 0, png_metadata: bool = True):
         if node_classes is None:
             node_classes, names = default_node_classes()
             display_names = {**names, **(display_names or {})}
         self.host = host if host is not None else StandaloneHost()
-        self._set_host = set_host
         self.folders = Folders(
             input=Path(input_dir if input_dir is not None else "input").expanduser().absolute(),
             output=Path(output_dir if output_dir is not None else "output").expanduser().absolute(),
-            temp=Path(temp_dir).expanduser().absolute() if temp_dir is not None
-            else Path(tempfile.mkdtemp(prefix="ipx2p-temp-")),
+            temp=self._shared_temp_folder(temp_dir),
             png_metadata=png_metadata,
         )
         self.node_classes: dict[str, type] = {}
@@ -376,6 +506,19 @@ class Runner:
         self.current_prompt: dict | None = None  # the API prompt being executed (None between runs)
         self._local = threading.local()  # per thread: INPUT_TYPES() per class for the duration of one call
         self._lock = threading.RLock()
+
+    def _shared_temp_folder(self, temp_dir) -> Path:
+        """One temp folder for PreviewImage (the runner's) and display nodes such as Compare (the host's)."""
+        own = self.host.temp_folder
+        temp = Path(temp_dir).expanduser().absolute() if temp_dir is not None else own
+        if temp is None:
+            temp = Path(tempfile.mkdtemp(prefix="ipx2p-temp-"))
+        if own is None:
+            self.host.temp_folder = temp
+        elif own != temp:
+            raise ValueError(f"The runner's temp_dir {temp} differs from its host's temp folder {own}; give one "
+                             "(or give both the same folder).")
+        return temp
 
     def _spec(self, cls) -> dict:
         """``INPUT_TYPES()`` (sections filled in), read once per class per validate/run: model lists walk folders."""
@@ -401,7 +544,7 @@ class Runner:
 
     def object_info(self, class_type: str | None = None) -> dict:
         """``/object_info`` entries built from the node classes, in ComfyUI's V1 layout."""
-        self._set_host(self.host)
+        set_host(self.host)
         names = [class_type] if class_type is not None else list(self.node_classes)
         info = {}
         for name in names:
@@ -433,7 +576,7 @@ class Runner:
 
     def prepare(self, workflow: dict, overrides=None, extra_pnginfo=None) -> Validation:
         """Turn any accepted workflow shape into an API prompt (a fresh copy) with overrides applied. Never raises."""
-        self._set_host(self.host)
+        set_host(self.host)
         self._local.specs = {}
         conversion = None
         ui = None
@@ -598,20 +741,23 @@ class Runner:
                 continue
             seen.append(n)
             for value in prompt[n].get("inputs", {}).values():
-                if _is_link(value):
+                if is_link(value):
                     stack.append(str(value[0]))
         return seen
 
     def _validate_node(self, prompt, node_id, validated, extra_pnginfo, path) -> bool:
+        """Check one node as ComfyUI's ``validate_inputs`` does, and (depth first) every node it links from.
+
+        ``validated`` keeps ``(ok, errors)`` per node id; ``path`` is the chain of nodes being checked (a link back
+        into it is a cycle). Steps: read the input spec, check each linked input (1) and each constant (2), then
+        ask the node's own ``VALIDATE_INPUTS`` (3).
+        """
         if node_id in validated:
             return validated[node_id][0]
-        entry = prompt[node_id]
-        class_type = entry["class_type"]
-        cls = self.node_classes[class_type]
-        errors: list[dict] = []
-        valid = True
         validated[node_id] = (True, [])  # provisional; a cycle back here is reported by the node that closes it
         path = path + (node_id,)
+        entry = prompt[node_id]
+        cls = self.node_classes[entry["class_type"]]
         try:
             spec = self._spec(cls)
         except Exception as exc:  # noqa: BLE001
@@ -619,139 +765,101 @@ class Runner:
                                                  f"INPUT_TYPES failed: {exc}", exception_type=_full_type_name(type(exc)),
                                                  traceback=traceback.format_exc())])
             return False
-        fn = getattr(cls, "VALIDATE_INPUTS", None)
-        fn_args, fn_kwargs = _accepted(fn) if fn is not None else ([], False)
-        received_types: dict[str, Any] = {}
+        custom = getattr(cls, "VALIDATE_INPUTS", None)
+        custom_args, custom_kwargs = _accepted(custom) if custom is not None else ([], False)
         inputs = entry["inputs"]
+        errors: list[dict] = []
+        upstream_ok = True
+        received_types: dict[str, Any] = {}
 
         for section in ("required", "optional"):
             for name, s in spec[section].items():
-                kind = spec_type(s)
-                opts = spec_options(s)
                 if name not in inputs:
                     if section == "required":
                         errors.append(_error("required_input_missing", "Required input is missing", name,
                                              input_name=name))
                     continue
-                val = inputs[name]
-                if isinstance(val, list):
-                    if not _is_link(val):
-                        errors.append(_error("bad_linked_input",
-                                             "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                                             name, input_name=name, received_value=val))
-                        continue
-                    src = str(val[0])
-                    inputs[name] = val = [src, val[1]]
-                    if src not in prompt:
-                        errors.append(_error("linked_node_missing", "Linked node does not exist",
-                                             f"{name} is linked to node {src}, which is not in the workflow",
-                                             input_name=name, linked_node=val))
-                        continue
-                    if src in path:
-                        errors.append(_error("dependency_cycle", "Dependency cycle detected",
-                                             f"{name} links back to node {src}", input_name=name, linked_node=val))
-                        continue
-                    src_cls = self.node_classes[prompt[src]["class_type"]]
-                    returns = tuple(getattr(src_cls, "RETURN_TYPES", ()))
-                    if not 0 <= val[1] < len(returns):
-                        errors.append(_error("bad_linked_input", "Linked output does not exist",
-                                             f"{name} uses output {val[1]} of node {src} "
-                                             f"({prompt[src]['class_type']}), which has {len(returns)} output(s)",
-                                             input_name=name, linked_node=val))
-                        continue
-                    received = returns[val[1]]
-                    received_types[name] = received
-                    if "input_types" not in fn_args and not _types_compatible(received, kind):
-                        expected = "COMBO" if isinstance(kind, list) else kind
-                        errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
-                                             f"{name}, received_type({received}) mismatch input_type({expected})",
-                                             input_name=name, received_type=received, linked_node=val))
-                        continue
-                    if not self._validate_node(prompt, src, validated, extra_pnginfo, path):
-                        valid = False
+                if isinstance(inputs[name], list):  # 1. a link
+                    error = self._check_link(prompt, inputs, name, s, path, received_types,
+                                             check_type="input_types" not in custom_args)
+                    if error is not None:
+                        errors.append(error)
+                    elif not self._validate_node(prompt, inputs[name][0], validated, extra_pnginfo, path):
+                        upstream_ok = False
                     continue
+                # 2. a constant; the node's own VALIDATE_INPUTS judges the values it names (ComfyUI skips its checks)
+                error = _check_constant(inputs, name, s, range_checks=not (name in custom_args or custom_kwargs))
+                if error is not None:
+                    errors.append(error)
 
-                # a constant
-                if isinstance(val, dict) and "__value__" in val:
-                    val = inputs[name] = val["__value__"]
-                if isinstance(kind, str) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "*") \
-                        and "," not in kind and combo_options(s) is None:
-                    # ComfyUI would hand the constant to the node; a socket type needs a link
-                    errors.append(_error("bad_linked_input", f"Input must be linked to a {kind} output",
-                                         f"{name} got the constant {_format_value(val)!r}", input_name=name,
-                                         received_value=_format_value(val)))
-                    continue
-                try:
-                    if kind == "INT":
-                        if isinstance(val, float) and not val.is_integer():
-                            raise ValueError(f"{val} is not a whole number")
-                        val = int(val)
-                    elif kind == "FLOAT":
-                        val = float(val)
-                        if math.isnan(val):
-                            raise ValueError("NaN")
-                    elif kind == "STRING":
-                        val = str(val)
-                    elif kind == "BOOLEAN":
-                        val = {"true": True, "false": False}.get(val.lower(), bool(val)) if isinstance(val, str) \
-                            else bool(val)
-                    inputs[name] = val
-                except (TypeError, ValueError, OverflowError) as exc:
-                    errors.append(_error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
-                                         f"{name}, {val}, {exc}", input_name=name, received_value=_format_value(val),
-                                         exception_message=str(exc)))
-                    continue
-                if name in fn_args or fn_kwargs:
-                    continue  # the node's own VALIDATE_INPUTS judges this value (ComfyUI skips its checks)
-                if "min" in opts and isinstance(val, (int, float)) and val < opts["min"]:
-                    errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {opts['min']}",
-                                         name, input_name=name, received_value=val))
-                    continue
-                if "max" in opts and isinstance(val, (int, float)) and val > opts["max"]:
-                    errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {opts['max']}",
-                                         name, input_name=name, received_value=val))
-                    continue
-                options = combo_options(s)
-                if options is not None and val not in options:
-                    listing = f"(list of length {len(options)})" if len(options) > 20 else str(options)
-                    errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {listing}",
-                                         input_name=name, received_value=val))
-                    continue
+        if custom is not None and (custom_args or custom_kwargs):  # 3. the node's VALIDATE_INPUTS
+            error = self._call_validate_inputs(custom, custom_args, custom_kwargs, spec, node_id, prompt,
+                                               extra_pnginfo, received_types)
+            if error is not None:
+                errors.append(error)
 
-        if fn is not None and (fn_args or fn_kwargs):
-            kwargs = {}
-            for name, val in inputs.items():
-                if (name in fn_args or fn_kwargs) and not _is_link(val):
-                    kwargs[name] = val
-                elif (name in fn_args or fn_kwargs) and _is_link(val):
-                    kwargs[name] = None  # linked values are not known before running (ComfyUI passes None too)
-            for hname, hkind in spec["hidden"].items():
-                if hname in fn_args or (fn_kwargs and hname not in kwargs):
-                    kwargs[hname] = self._hidden_value(hkind, node_id, prompt, extra_pnginfo)
-            if "input_types" in fn_args:
-                kwargs["input_types"] = received_types
-            if not fn_kwargs:
-                kwargs = {k: v for k, v in kwargs.items() if k in fn_args}
-            try:
-                ret = fn(**kwargs)
-                if inspect.iscoroutine(ret):
-                    ret = asyncio.run(ret)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(_error("exception_during_validation", "Exception when validating node", str(exc),
-                                     exception_type=_full_type_name(type(exc)),
-                                     traceback=traceback.format_tb(sys.exc_info()[2])))
-            else:
-                if ret is not True:
-                    first = next((a for a in fn_args if a in inputs), None)
-                    details = first or ""
-                    if ret is not False:
-                        details = f"{details} - {ret}" if details else str(ret)
-                    errors.append(_error("custom_validation_failed", "Custom validation failed for node", details,
-                                         input_name=first))
-
-        ok = valid and not errors
+        ok = upstream_ok and not errors
         validated[node_id] = (ok, errors)
         return ok
+
+    def _check_link(self, prompt, inputs, name, spec, path, received_types, check_type: bool) -> dict | None:
+        """A linked input: a well-formed ``[node_id, slot]`` to an existing output of a fitting type. Normalises
+        the node id to a string and records the output's type in ``received_types``; returns an error or None."""
+        val = inputs[name]
+        if not is_link(val):
+            return _error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                          name, input_name=name, received_value=val)
+        src = str(val[0])
+        inputs[name] = val = [src, val[1]]
+        if src not in prompt:
+            return _error("linked_node_missing", "Linked node does not exist",
+                          f"{name} is linked to node {src}, which is not in the workflow", input_name=name,
+                          linked_node=val)
+        if src in path:
+            return _error("dependency_cycle", "Dependency cycle detected", f"{name} links back to node {src}",
+                          input_name=name, linked_node=val)
+        returns = tuple(getattr(self.node_classes[prompt[src]["class_type"]], "RETURN_TYPES", ()))
+        if not 0 <= val[1] < len(returns):
+            return _error("bad_linked_input", "Linked output does not exist",
+                          f"{name} uses output {val[1]} of node {src} ({prompt[src]['class_type']}), which has "
+                          f"{len(returns)} output(s)", input_name=name, linked_node=val)
+        received = received_types[name] = returns[val[1]]
+        kind = spec_type(spec)
+        if check_type and not _types_compatible(received, kind):
+            expected = "COMBO" if isinstance(kind, list) else kind
+            return _error("return_type_mismatch", "Return type mismatch between linked nodes",
+                          f"{name}, received_type({received}) mismatch input_type({expected})", input_name=name,
+                          received_type=received, linked_node=val)
+        return None
+
+    def _call_validate_inputs(self, fn, fn_args, fn_kwargs, spec, node_id, prompt, extra_pnginfo,
+                              received_types) -> dict | None:
+        """Call the node's ``VALIDATE_INPUTS`` with the constants it names (None for linked values, which are not
+        known before running, as ComfyUI passes), hidden inputs and ``input_types``; returns an error or None."""
+        inputs = prompt[node_id]["inputs"]
+        kwargs = {name: (None if is_link(val) else val) for name, val in inputs.items()
+                  if name in fn_args or fn_kwargs}
+        for hname, hkind in spec["hidden"].items():
+            if hname in fn_args or (fn_kwargs and hname not in kwargs):
+                kwargs[hname] = self._hidden_value(hkind, node_id, prompt, extra_pnginfo)
+        if "input_types" in fn_args:
+            kwargs["input_types"] = received_types
+        if not fn_kwargs:
+            kwargs = {k: v for k, v in kwargs.items() if k in fn_args}
+        try:
+            ret = fn(**kwargs)
+            if inspect.iscoroutine(ret):
+                ret = asyncio.run(ret)
+        except Exception as exc:  # noqa: BLE001
+            return _error("exception_during_validation", "Exception when validating node", str(exc),
+                          exception_type=_full_type_name(type(exc)), traceback=traceback.format_tb(sys.exc_info()[2]))
+        if ret is True:
+            return None
+        first = next((a for a in fn_args if a in inputs), None)
+        details = first or ""
+        if ret is not False:
+            details = f"{details} - {ret}" if details else str(ret)
+        return _error("custom_validation_failed", "Custom validation failed for node", details, input_name=first)
 
     @staticmethod
     def _hidden_value(kind, node_id, prompt, extra_pnginfo):
@@ -774,7 +882,7 @@ class Runner:
         if fn is None:
             return False
         spec = self._spec(cls)
-        kwargs = {k: (None if _is_link(v) else v) for k, v in entry["inputs"].items()
+        kwargs = {k: (None if is_link(v) else v) for k, v in entry["inputs"].items()
                   if k in spec["required"] or k in spec["optional"]}
         for hname, hkind in spec["hidden"].items():
             kwargs[hname] = self._hidden_value(hkind, node_id, prompt, extra_pnginfo)
@@ -808,7 +916,7 @@ class Runner:
             uncacheable = False
             for name in sorted(entry["inputs"]):
                 value = entry["inputs"][name]
-                if _is_link(value):
+                if is_link(value):
                     up = key(str(value[0]))
                     if up is None:
                         uncacheable = True
@@ -823,168 +931,127 @@ class Runner:
             key(n)
         return keys
 
-    def _emit(self, on_event, result: RunResult, event: str, data: dict, status_message: bool = False):
-        if status_message:
-            data = {**data, "timestamp": _now_ms()}
-            result.messages.append((event, data))
-        if on_event is not None:
-            try:
-                on_event(event, data)
-            except Exception:  # noqa: BLE001 - a listener's bug must not break the run
-                log.exception("on_event listener failed for %s", event)
-        return data
-
     def _execute(self, v: Validation, result: RunResult, on_event) -> None:
-        prompt, extra_pnginfo, prompt_id = v.prompt, v.extra_pnginfo, result.prompt_id
-        host = self.host
-        self._set_host(host)
-        host.clear_interrupt()
-        host.temp_dir = self.folders.temp  # where display nodes (IPX2PCompare) write their previews
-        self.current_prompt = prompt
-        cancelled = _cancelled_types()
+        """Run the nodes the valid outputs need, in dependency order, reusing cached outputs.
 
+        1. plan: the needed nodes, their cache keys and an order; 2. forget cache entries this prompt does not use;
+        3. announce the start and the cached nodes; 4. run (or replay) each node in order, stopping at the first
+        failure or cancellation; 5. collect every needed node's outputs into the result.
+        """
+        prompt = v.prompt
+        set_host(self.host)
+        self.host.clear_interrupt()
+        self.current_prompt = prompt
+        plan = self._plan(v)  # 1
+        self._forget_unused(prompt, plan)  # 2
+        events = _RunEvents(result, on_event, self.host)
+        result.cached = sorted((n for n in plan.needed if self._is_cached(plan, n)), key=id_sort_key)
+        events.started(result.cached)  # 3
+        previous_callback = self.host.progress_callback
+        self.host.progress_callback = events.progress
+        try:
+            for n in plan.order:  # 4
+                if self._is_cached(plan, n):
+                    self._replay(n, plan, v, events)
+                elif not self._run_node(n, plan, v, events, result):
+                    return
+            result.status = "success"
+            events.emit("execution_success", {"prompt_id": result.prompt_id}, status_message=True)
+        finally:
+            self.host.progress_callback = previous_callback
+            self.host.clear_interrupt()
+            self.current_prompt = None
+            self._collect(result, plan.needed, plan.keys)  # 5
+            self._uncached.clear()
+
+    def _plan(self, v: Validation) -> "_Plan":
+        """Every node the outputs need, their cache keys, and an order in which each node follows its inputs
+        (inputs of cached nodes are not visited: a cached node needs nothing run)."""
+        prompt = v.prompt
         needed: list[str] = []
         for o in v.outputs:
             for n in self._ancestry(prompt, o):
                 if n not in needed:
                     needed.append(n)
-        keys = self._signatures(prompt, needed, extra_pnginfo)
+        plan = _Plan(needed, self._signatures(prompt, needed, v.extra_pnginfo), [])
+        visiting: set[str] = set()
 
-        # ComfyUI's classic cache: keep what this prompt uses (plus `cache_size` most recent others).
-        used = {k for k in keys.values() if k is not None}
+        def visit(n: str) -> None:
+            if n in plan.order or n in visiting:
+                return
+            visiting.add(n)
+            if not self._is_cached(plan, n):
+                spec = self._spec(self.node_classes[prompt[n]["class_type"]])
+                names = [*spec["required"], *spec["optional"]]
+                names += [k for k in prompt[n]["inputs"] if k not in names]
+                for name in names:
+                    value = prompt[n]["inputs"].get(name)
+                    if is_link(value):
+                        visit(str(value[0]))
+            visiting.discard(n)
+            plan.order.append(n)
+
+        for o in v.outputs:
+            visit(o)
+        return plan
+
+    def _forget_unused(self, prompt: dict, plan: "_Plan") -> None:
+        """ComfyUI's classic cache: keep what this prompt uses (plus ``cache_size`` most recent others), and node
+        objects only for node ids that still have the same class."""
+        used = {k for k in plan.keys.values() if k is not None}
         others = [k for k in self._cache if k not in used]
         for k in others[: max(0, len(others) - self.cache_size)]:
             del self._cache[k]
         for obj_key in [k for k in self._objects if k[0] not in prompt or prompt[k[0]]["class_type"] != k[1]]:
             del self._objects[obj_key]
 
-        def cached(n: str) -> bool:
-            return keys.get(n) is not None and keys[n] in self._cache
+    def _is_cached(self, plan: "_Plan", n: str) -> bool:
+        return plan.keys.get(n) is not None and plan.keys[n] in self._cache
 
-        order: list[str] = []
-        visiting: set[str] = set()
+    def _replay(self, n: str, plan: "_Plan", v: Validation, events: "_RunEvents") -> None:
+        """A cached node: mark it recently used; an output node shows its cached UI again."""
+        cached_entry = self._cache[plan.keys[n]]
+        self._cache.move_to_end(plan.keys[n])
+        if cached_entry.ui and n in v.outputs:
+            events.emit("executed", {"node": n, "display_node": n, "output": cached_entry.ui,
+                                     "prompt_id": events.prompt_id})
 
-        def visit(n: str) -> None:
-            if n in order or n in visiting:
-                return
-            visiting.add(n)
-            if not cached(n):
-                cls = self.node_classes[prompt[n]["class_type"]]
-                spec = self._spec(cls)
-                names = [*spec["required"], *spec["optional"]]
-                names += [k for k in prompt[n]["inputs"] if k not in names]
-                for name in names:
-                    value = prompt[n]["inputs"].get(name)
-                    if _is_link(value):
-                        visit(str(value[0]))
-            visiting.discard(n)
-            order.append(n)
-
-        for o in v.outputs:
-            visit(o)
-
-        result.cached = sorted((n for n in needed if cached(n)), key=id_sort_key)
-        current_outputs = list(result.cached)
-        self._emit(on_event, result, "execution_start", {"prompt_id": prompt_id}, status_message=True)
-        self._emit(on_event, result, "execution_cached", {"nodes": list(result.cached), "prompt_id": prompt_id},
-                   status_message=True)
-
-        progress_states: dict[str, dict] = {}
-
-        def send_progress_state():
-            nodes = {nid: {"value": st["value"], "max": st["max"], "state": st["state"], "node_id": nid,
-                           "prompt_id": prompt_id, "display_node_id": nid, "parent_node_id": None,
-                           "real_node_id": nid} for nid, st in progress_states.items()}
-            self._emit(on_event, result, "progress_state", {"prompt_id": prompt_id, "nodes": nodes})
-
-        current = {"node": None}
-
-        def progress(value, total, preview=None):
-            node = current["node"]
-            if host.interrupted():
-                raise Interrupted("Interrupted during progress update")
-            if node is None:
-                return
-            progress_states[node] = {"value": value, "max": total, "state": "running"}
-            send_progress_state()
-            self._emit(on_event, result, "progress", {"value": int(value), "max": int(total),
-                                                      "prompt_id": prompt_id, "node": node})
-            if preview is not None:
-                self._emit(on_event, result, "preview", {"node": node, "display_node": node, "prompt_id": prompt_id,
-                                                         "image": preview})
-
-        previous_callback = host.progress_callback
-        host.progress_callback = progress
-        executed: list[str] = result.executed
+    def _run_node(self, n: str, plan: "_Plan", v: Validation, events: "_RunEvents", result: RunResult) -> bool:
+        """Run one node and store its outputs. False when the run ends here (the node failed or was cancelled)."""
+        class_type = v.prompt[n]["class_type"]
+        input_data = None
         try:
-            for n in order:
-                entry = prompt[n]
-                class_type = entry["class_type"]
-                if cached(n):
-                    cached_entry = self._cache[keys[n]]
-                    self._cache.move_to_end(keys[n])
-                    if cached_entry.ui and n in v.outputs:
-                        self._emit(on_event, result, "executed", {"node": n, "display_node": n,
-                                                                  "output": cached_entry.ui, "prompt_id": prompt_id})
-                    continue
-                input_data = None
-                try:
-                    if host.interrupted():
-                        raise Interrupted("Interrupted before the node started")
-                    current["node"] = n
-                    progress_states[n] = {"value": 0, "max": 1, "state": "running"}
-                    self._emit(on_event, result, "executing", {"node": n, "display_node": n, "prompt_id": prompt_id})
-                    send_progress_state()
-                    started = time.perf_counter()
-                    input_data = self._gather_inputs(prompt, n, keys, extra_pnginfo)
-                    outputs, ui = self._call(n, class_type, input_data)
-                    result.timings[n] = time.perf_counter() - started
-                except cancelled + (KeyboardInterrupt,) as exc:
-                    self._interrupted(on_event, result, n, class_type, executed, exc)
-                    return
-                except Exception as exc:  # noqa: BLE001 - a failing node becomes a per-node execution error
-                    if host.interrupted():
-                        self._interrupted(on_event, result, n, class_type, executed, exc)
-                        return
-                    progress_states[n] = {**progress_states.get(n, {"value": 0, "max": 1}), "state": "error"}
-                    send_progress_state()
-                    tb = traceback.format_tb(sys.exc_info()[2])
-                    payload = {
-                        "prompt_id": prompt_id, "node_id": n, "node_type": class_type, "executed": list(executed),
-                        "exception_message": f"{exc}\n", "exception_type": _full_type_name(type(exc)),
-                        "traceback": tb,
-                        "current_inputs": {k: [_format_value(x) for x in vals]
-                                           for k, vals in (input_data or {}).items()},
-                        "current_outputs": current_outputs,
-                    }
-                    log.error("Node %s (%s) failed: %s", n, class_type, exc)
-                    result.status = "error"
-                    result.error = self._emit(on_event, result, "execution_error", payload, status_message=True)
-                    return
-                finally:
-                    current["node"] = None
-                entry_key = keys.get(n)
-                stored = _Entry(outputs, ui or None)
-                if entry_key is not None:
-                    self._cache[entry_key] = stored
-                    self._cache.move_to_end(entry_key)
-                else:
-                    self._uncached[n] = stored
-                executed.append(n)
-                if ui:
-                    self._emit(on_event, result, "executed", {"node": n, "display_node": n, "output": ui,
-                                                              "prompt_id": prompt_id})
-                progress_states[n] = {"value": progress_states[n]["max"], "max": progress_states[n]["max"],
-                                      "state": "finished"}
-                send_progress_state()
-            result.status = "success"
-            self._emit(on_event, result, "execution_success", {"prompt_id": prompt_id}, status_message=True)
+            self._stop_if_cancelled("before the node started")
+            events.node_started(n)
+            started = time.perf_counter()
+            input_data = self._gather_inputs(v.prompt, n, plan.keys, v.extra_pnginfo)
+            outputs, ui = self._call(n, class_type, input_data)
+            result.timings[n] = time.perf_counter() - started
+        except (Cancelled, KeyboardInterrupt) as exc:
+            events.interrupted(n, class_type, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a failing node becomes a per-node execution error
+            if self.host.cancelled():  # a node that stops on cancel in its own way
+                events.interrupted(n, class_type, exc)
+            else:
+                events.failed(n, class_type, exc, input_data)
+            return False
         finally:
-            host.progress_callback = previous_callback
-            host.clear_interrupt()
-            self.current_prompt = None
-            self._collect(result, needed, keys)
-            self._uncached.clear()
+            events.current_node = None
+        stored = _Entry(outputs, ui or None)
+        entry_key = plan.keys.get(n)
+        if entry_key is not None:
+            self._cache[entry_key] = stored
+            self._cache.move_to_end(entry_key)
+        else:
+            self._uncached[n] = stored
+        result.executed.append(n)
+        events.node_finished(n, ui)
+        return True
+
+    def _stop_if_cancelled(self, when: str) -> None:
+        if self.host.cancelled():
+            raise Cancelled(f"Interrupted {when}")
 
     def _entry(self, n: str, keys) -> _Entry | None:
         k = keys.get(n)
@@ -1001,20 +1068,13 @@ class Runner:
             if e.ui:
                 result.outputs[n] = e.ui
 
-    def _interrupted(self, on_event, result, node_id, class_type, executed, exc) -> None:
-        log.info("Processing interrupted at node %s (%s): %s", node_id, class_type, exc)
-        result.status = "interrupted"
-        result.error = self._emit(on_event, result, "execution_interrupted", {
-            "prompt_id": result.prompt_id, "node_id": node_id, "node_type": class_type,
-            "executed": list(executed)}, status_message=True)
-
     def _gather_inputs(self, prompt, node_id, keys, extra_pnginfo) -> dict[str, list]:
         entry = prompt[node_id]
         cls = self.node_classes[entry["class_type"]]
         spec = self._spec(cls)
         data: dict[str, list] = {}
         for name, value in entry["inputs"].items():
-            if _is_link(value):
+            if is_link(value):
                 src = self._entry(str(value[0]), keys)
                 if src is None or value[1] >= len(src.outputs):
                     raise RuntimeError(f"Input {name!r} of node {node_id}: node {value[0]} produced no output "
@@ -1027,6 +1087,8 @@ class Runner:
         return data
 
     def _call(self, node_id: str, class_type: str, data: dict[str, list]) -> tuple[list, dict]:
+        """Call the node's FUNCTION (one object per node id, kept across runs) under inference mode: once with the
+        lists (``INPUT_IS_LIST``), else once per list index, shorter lists repeating their last item."""
         cls = self.node_classes[class_type]
         obj = self._objects.get((node_id, class_type))
         if obj is None:
@@ -1038,8 +1100,7 @@ class Runner:
             data = {k: v for k, v in data.items() if k in accepted}
 
         def call(kwargs):
-            if self.host.interrupted():
-                raise Interrupted("Interrupted before the node started")
+            self._stop_if_cancelled("before the node started")
             out = func(**kwargs)
             if inspect.iscoroutine(out):
                 out = asyncio.run(out)
@@ -1063,38 +1124,44 @@ class Runner:
                 returns = [call({k: vals[i if len(vals) > i else -1] for k, vals in data.items()})
                            for i in range(count)]
 
-        n_out = len(getattr(cls, "RETURN_TYPES", ()))
-        results, uis = [], []
-        for r in returns:
-            if isinstance(r, dict):
-                if "ui" in r:
-                    uis.append(r["ui"])
-                if "expand" in r:
-                    raise NotImplementedError(f"{class_type} expands into a sub-graph, which the standalone runner "
-                                              "does not support")
-                if "result" in r:
-                    results.append(tuple(r["result"]))
-            elif r is None:
-                results.append(tuple([None] * n_out))
-            elif isinstance(r, (tuple, list)):
-                results.append(tuple(r))
+        return _merge_returns(cls, class_type, returns)
+
+
+def _merge_returns(cls, class_type: str, returns: list) -> tuple[list, dict]:
+    """What the node's calls returned → (one list per output slot, the merged UI dict), as ComfyUI merges them:
+    a tuple per call, or a dict with "result" and/or "ui"; ``OUTPUT_IS_LIST`` slots are concatenated."""
+    n_out = len(getattr(cls, "RETURN_TYPES", ()))
+    results, uis = [], []
+    for r in returns:
+        if isinstance(r, dict):
+            if "ui" in r:
+                uis.append(r["ui"])
+            if "expand" in r:
+                raise NotImplementedError(f"{class_type} expands into a sub-graph, which the standalone runner "
+                                          "does not support")
+            if "result" in r:
+                results.append(tuple(r["result"]))
+        elif r is None:
+            results.append(tuple([None] * n_out))
+        elif isinstance(r, (tuple, list)):
+            results.append(tuple(r))
+        else:
+            raise TypeError(f"{class_type}.{cls.FUNCTION} returned {type(r).__name__}; expected a tuple of "
+                            f"{n_out} output(s) or a dict with 'ui'/'result'")
+    outputs: list[list] = []
+    if results:
+        width = len(results[0])
+        is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * width))
+        is_list += [False] * (width - len(is_list))
+        for i in range(width):
+            if is_list[i]:
+                merged: list = []
+                for r in results:
+                    merged.extend(r[i])
+                outputs.append(merged)
             else:
-                raise TypeError(f"{class_type}.{cls.FUNCTION} returned {type(r).__name__}; expected a tuple of "
-                                f"{n_out} output(s) or a dict with 'ui'/'result'")
-        outputs: list[list] = []
-        if results:
-            width = len(results[0])
-            is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * width))
-            is_list += [False] * (width - len(is_list))
-            for i in range(width):
-                if is_list[i]:
-                    merged: list = []
-                    for r in results:
-                        merged.extend(r[i])
-                    outputs.append(merged)
-                else:
-                    outputs.append([r[i] for r in results])
-        ui: dict = {}
-        if uis:
-            ui = {k: [y for u in uis for y in u.get(k, [])] for k in uis[0]}
-        return outputs, ui
+                outputs.append([r[i] for r in results])
+    ui: dict = {}
+    if uis:
+        ui = {k: [y for u in uis for y in u.get(k, [])] for k in uis[0]}
+    return outputs, ui

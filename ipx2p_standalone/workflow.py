@@ -348,87 +348,92 @@ def _types_match(a, b) -> bool:
     return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
 
 
-def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = None,
-              rng: Callable[[], float] = random.random) -> Conversion:
-    """Convert a UI-format workflow to an API prompt as the ComfyUI frontend does when it queues it.
+class _UiGraph:
+    """A UI workflow's nodes and links, with the frontend's rules for following a link to the node that really
+    feeds it (through reroutes and bypassed nodes) and for reading a node's widget values."""
 
-    ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``)."""
-    if not is_ui_workflow(workflow):
-        raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
-    if (workflow.get("definitions") or {}).get("subgraphs"):
-        raise WorkflowFormatError("This workflow uses subgraphs, which the standalone runner does not support; "
-                                  "unpack them in ComfyUI (right-click → Unpack Subgraph) and save again.")
-    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
-    workflow = copy.deepcopy(workflow)
-    display_names = display_names or {}
-    nodes: dict[str, dict] = {}
-    for node in workflow["nodes"]:
-        if not isinstance(node, dict) or "id" not in node:
-            raise WorkflowFormatError("A node in 'nodes' has no id.")
-        nodes[str(node["id"])] = node
-    links = _links(workflow)
-    conv = Conversion(prompt={}, workflow=workflow)
+    def __init__(self, workflow: dict, node_classes: dict, display_names: dict):
+        self.node_classes = node_classes
+        self.display_names = display_names
+        self.nodes: dict[str, dict] = {}
+        for node in workflow["nodes"]:
+            if not isinstance(node, dict) or "id" not in node:
+                raise WorkflowFormatError("A node in 'nodes' has no id.")
+            self.nodes[str(node["id"])] = node
+        self.links = _links(workflow)
+        self._widget_values: dict[str, dict] = {}
 
+    @staticmethod
     def mode(node) -> int:
         try:
             return int(node.get("mode") or 0)
         except (TypeError, ValueError):
             return MODE_ALWAYS
 
+    @staticmethod
     def is_virtual(node) -> bool:
         return node.get("type") in ("Reroute", "PrimitiveNode", *NOTE_TYPES)
 
-    def input_link(node, slot):
+    def is_sent(self, node) -> bool:
+        """Whether the frontend puts the node in the API prompt (not virtual, not muted, not bypassed)."""
+        return not self.is_virtual(node) and self.mode(node) not in (MODE_NEVER, MODE_BYPASS)
+
+    def input_link(self, node, slot) -> Link | None:
         inputs = node.get("inputs") or []
         if slot >= len(inputs):
             return None
         link_id = inputs[slot].get("link")
-        return links.get(link_id) if link_id is not None else None
+        return self.links.get(link_id) if link_id is not None else None
 
-    def resolve_output(node_id: str, slot: int, want_type, seen: frozenset):
+    def resolve_input(self, node_id: str, slot: int, want_type, seen: frozenset = frozenset()):
+        """The real (node id, slot) feeding input ``slot`` of a node, or None when nothing real feeds it."""
+        link = self.input_link(self.nodes[node_id], slot)
+        if link is None:
+            return None
+        return self.resolve_output(link.origin_id, link.origin_slot, want_type, seen)
+
+    def resolve_output(self, node_id: str, slot: int, want_type, seen: frozenset):
         """Follow reroutes and bypassed nodes back to a real (node id, slot), or None when nothing feeds it."""
         key = (node_id, slot)
         if key in seen:
             raise WorkflowFormatError(f"Links loop through node {node_id}.")
         seen = seen | {key}
-        node = nodes.get(node_id)
+        node = self.nodes.get(node_id)
         if node is None:
             return None
-        if mode(node) == MODE_BYPASS:
-            inputs = node.get("inputs") or []
-            outputs = node.get("outputs") or []
-            out_type = outputs[slot].get("type") if slot < len(outputs) else want_type
-            if want_type in ("*", "", None):
-                pick = slot if len(inputs) > slot else 0
-            elif slot < len(inputs) and _types_match(inputs[slot].get("type"), out_type) \
-                    and _types_match(inputs[slot].get("type"), want_type):
-                pick = slot
-            else:
-                pick = next((i for i, s in enumerate(inputs) if s.get("type") == want_type), -1)
-                if pick == -1:
-                    pick = next((i for i, s in enumerate(inputs) if _types_match(s.get("type"), out_type)
-                                 and _types_match(s.get("type"), want_type)), -1)
-            if pick == -1 or pick >= len(inputs):
-                return None
-            return resolve_input(node_id, pick, want_type, seen)
+        if self.mode(node) == MODE_BYPASS:
+            pick = self._bypass_input(node, slot, want_type)
+            return None if pick is None else self.resolve_input(node_id, pick, want_type, seen)
         if node.get("type") == "Reroute":
-            return resolve_input(node_id, 0, want_type, seen)
-        if is_virtual(node):
+            return self.resolve_input(node_id, 0, want_type, seen)
+        if self.is_virtual(node):
             return None
         return node_id, slot
 
-    def resolve_input(node_id: str, slot: int, want_type, seen: frozenset):
-        link = input_link(nodes[node_id], slot)
-        if link is None:
-            return None
-        return resolve_output(link.origin_id, link.origin_slot, want_type, seen)
+    @staticmethod
+    def _bypass_input(node, slot: int, want_type) -> int | None:
+        """Which input a bypassed node passes to output ``slot``: the same slot when its type fits, else the first
+        input of the wanted type, else the first input whose type fits both."""
+        inputs = node.get("inputs") or []
+        outputs = node.get("outputs") or []
+        out_type = outputs[slot].get("type") if slot < len(outputs) else want_type
+        if want_type in ("*", "", None):
+            pick = slot if len(inputs) > slot else 0
+        elif slot < len(inputs) and _types_match(inputs[slot].get("type"), out_type) \
+                and _types_match(inputs[slot].get("type"), want_type):
+            pick = slot
+        else:
+            pick = next((i for i, s in enumerate(inputs) if s.get("type") == want_type), -1)
+            if pick == -1:
+                pick = next((i for i, s in enumerate(inputs) if _types_match(s.get("type"), out_type)
+                             and _types_match(s.get("type"), want_type)), -1)
+        return None if pick == -1 or pick >= len(inputs) else pick
 
-    mapped: dict[str, dict] = {}
-
-    def widget_values_of(node_id: str) -> dict:
-        if node_id not in mapped:
-            node = nodes[node_id]
-            cls = node_classes.get(node.get("type"))
+    def widget_values(self, node_id: str) -> dict:
+        """{input: value} of a node's widgets (a PrimitiveNode's single value as "value"); {} if unreadable."""
+        if node_id not in self._widget_values:
+            node = self.nodes[node_id]
+            cls = self.node_classes.get(node.get("type"))
             values: dict = {}
             if node.get("type") == "PrimitiveNode" and node.get("widgets_values"):
                 values = {"value": node["widgets_values"][0]}
@@ -437,74 +442,122 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
                     values = map_widgets_values(cls, node.get("widgets_values"))[0]
                 except Exception:  # noqa: BLE001 - reported when the node itself is converted
                     values = {}
-            mapped[node_id] = values
-        return mapped[node_id]
+            self._widget_values[node_id] = values
+        return self._widget_values[node_id]
 
-    def lookup(name: str, widget: str):
+    def lookup(self, name: str, widget: str):
+        """``%NODE.WIDGET%``: a widget value of the node whose "Node name for S&R" (else title) is ``name``."""
+        nodes = self.nodes
         matches = [i for i, n in nodes.items() if (n.get("properties") or {}).get("Node name for S&R") == name]
         if not matches:
             matches = [i for i, n in nodes.items()
-                       if (n.get("title") or display_names.get(n.get("type")) or n.get("type")) == name]
+                       if (n.get("title") or self.display_names.get(n.get("type")) or n.get("type")) == name]
         if not matches:
             return _MISSING
-        values = widget_values_of(matches[0])
+        values = self.widget_values(matches[0])
         return values[widget] if widget in values else _MISSING
 
-    for node_id, node in nodes.items():
-        ntype = node.get("type")
-        if is_virtual(node) or mode(node) in (MODE_NEVER, MODE_BYPASS):
+    def primitive_value(self, node, slot: int):
+        """The value of a PrimitiveNode linked into input ``slot`` (it writes its value into the widget it feeds),
+        else _MISSING."""
+        link = self.input_link(node, slot)
+        origin = self.nodes.get(link.origin_id) if link is not None else None
+        if origin is None or origin.get("type") != "PrimitiveNode" or not origin.get("widgets_values"):
+            return _MISSING
+        return origin["widgets_values"][0]
+
+
+def _as_prompt_value(value):
+    """A list constant is wrapped, so that it cannot be read as a link."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = None,
+              rng: Callable[[], float] = random.random) -> Conversion:
+    """Convert a UI-format workflow to an API prompt as the ComfyUI frontend does when it queues it.
+
+    ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``).
+    Steps: 1. refuse what the runner cannot run (subgraphs, group nodes); 2. read nodes and links; 3. convert each
+    node that is sent (widget values, then links, each followed to the node that really feeds it); 4. drop links
+    into nodes that were not sent.
+    """
+    _refuse_unsupported(workflow)  # 1
+    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
+    workflow = copy.deepcopy(workflow)
+    graph = _UiGraph(workflow, node_classes, display_names or {})  # 2
+    conv = Conversion(prompt={}, workflow=workflow)
+    for node_id, node in graph.nodes.items():  # 3
+        if not graph.is_sent(node):
             continue
+        ntype = node.get("type")
         if isinstance(ntype, str) and (ntype in group_nodes or ntype.startswith(("workflow>", "workflow/"))):
             raise WorkflowFormatError(f"Node {node_id} is a group node ({ntype}), which the standalone runner does "
                                       "not support; convert it back to nodes in ComfyUI and save again.")
-        cls = node_classes.get(ntype)
-        inputs: dict[str, Any] = {}
-        if cls is not None:
-            try:
-                values, index, controls = map_widgets_values(cls, node.get("widgets_values"))
-            except Exception as exc:  # a broken INPUT_TYPES shows up again, per node, in validation
-                values, index, controls = {}, {}, {}
-                conv.warnings.append(f"Node {node_id} ({ntype}): cannot read its widgets: {exc}")
-            specs = {}
-            if values:
-                spec = input_types(cls)
-                specs = {**spec["required"], **spec["optional"]}
-            for name, value in values.items():
-                if isinstance(value, str) and widget_kind(specs[name]) == "STRING":
-                    if spec_options(specs[name]).get("dynamicPrompts"):
-                        value = process_dynamic_prompt(value, rng)
-                    if name == "filename_prefix":
-                        value = apply_text_replacements(value, lookup)
-                inputs[name] = {"__value__": value} if isinstance(value, list) else value
-            for name, i in index.items():
-                conv.widget_index[(node_id, name)] = i
-            for name, m in controls.items():
-                conv.controls[(node_id, name)] = m
-        for slot, inp in enumerate(node.get("inputs") or []):
-            name = inp.get("name")
-            if not name:
-                continue
-            resolved = resolve_input(node_id, slot, inp.get("type"), frozenset())
-            if resolved is None:
-                link = input_link(node, slot)
-                if link is not None:
-                    origin = nodes.get(link.origin_id)
-                    if origin is not None and origin.get("type") == "PrimitiveNode":
-                        pvals = origin.get("widgets_values") or []
-                        if pvals:
-                            value = pvals[0]
-                            inputs[name] = {"__value__": value} if isinstance(value, list) else value
-                continue
-            inputs[name] = [resolved[0], int(resolved[1])]
-        title = node.get("title") or display_names.get(ntype) or ntype
+        inputs = _widget_inputs(graph, conv, node_id, node, rng)
+        inputs.update(_linked_inputs(graph, node_id, node))
+        title = node.get("title") or graph.display_names.get(ntype) or ntype
         conv.prompt[node_id] = {"inputs": inputs, "class_type": ntype, "_meta": {"title": title}}
-
-    # Links into nodes that were not sent (muted ones) disappear, as in the frontend.
-    for entry in conv.prompt.values():
+    for entry in conv.prompt.values():  # 4. as in the frontend: links into nodes that were not sent disappear
         for name, value in list(entry["inputs"].items()):
-            if isinstance(value, list) and len(value) == 2 and value[0] not in conv.prompt:
+            if is_link(value) and value[0] not in conv.prompt:
                 del entry["inputs"][name]
     return conv
+
+
+def _refuse_unsupported(workflow) -> None:
+    if not is_ui_workflow(workflow):
+        raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
+    if (workflow.get("definitions") or {}).get("subgraphs"):
+        raise WorkflowFormatError("This workflow uses subgraphs, which the standalone runner does not support; "
+                                  "unpack them in ComfyUI (right-click → Unpack Subgraph) and save again.")
+
+
+def _widget_inputs(graph: _UiGraph, conv: Conversion, node_id: str, node: dict, rng) -> dict[str, Any]:
+    """A node's widget values as prompt inputs, with the frontend's rewrites (dynamic prompts, filename_prefix
+    replacements); records where each value sits in widgets_values and each control_after_generate mode."""
+    cls = graph.node_classes.get(node.get("type"))
+    if cls is None:
+        return {}
+    try:
+        values, index, controls = map_widgets_values(cls, node.get("widgets_values"))
+    except Exception as exc:  # noqa: BLE001 - a broken INPUT_TYPES shows up again, per node, in validation
+        conv.warnings.append(f"Node {node_id} ({node.get('type')}): cannot read its widgets: {exc}")
+        return {}
+    specs = {}
+    if values:
+        spec = input_types(cls)
+        specs = {**spec["required"], **spec["optional"]}
+    inputs: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, str) and widget_kind(specs[name]) == "STRING":
+            if spec_options(specs[name]).get("dynamicPrompts"):
+                value = process_dynamic_prompt(value, rng)
+            if name == "filename_prefix":
+                value = apply_text_replacements(value, graph.lookup)
+        inputs[name] = _as_prompt_value(value)
+    for name, i in index.items():
+        conv.widget_index[(node_id, name)] = i
+    for name, mode in controls.items():
+        conv.controls[(node_id, name)] = mode
+    return inputs
+
+
+def _linked_inputs(graph: _UiGraph, node_id: str, node: dict) -> dict[str, Any]:
+    """A node's input slots as prompt links ``[node_id, slot]`` to the node that really feeds each one; a
+    PrimitiveNode's value where one feeds the slot."""
+    inputs: dict[str, Any] = {}
+    for slot, inp in enumerate(node.get("inputs") or []):
+        name = inp.get("name")
+        if not name:
+            continue
+        resolved = graph.resolve_input(node_id, slot, inp.get("type"))
+        if resolved is not None:
+            inputs[name] = [resolved[0], int(resolved[1])]
+            continue
+        value = graph.primitive_value(node, slot)
+        if value is not _MISSING:
+            inputs[name] = _as_prompt_value(value)
+    return inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -609,7 +662,7 @@ def apply_overrides(prompt: dict, overrides, node_classes: dict, conversion: Con
     for node_id, name, raw in normalise_overrides(overrides):
         entry = prompt.get(node_id)
         if entry is None:
-            known = ", ".join(sorted(prompt, key=_id_sort_key)) or "none"
+            known = ", ".join(sorted(prompt, key=id_sort_key)) or "none"
             raise OverrideError(f"--set {node_id}.{name}: there is no node {node_id} in the workflow "
                                 f"(nodes: {known})", node_id, name)
         cls = node_classes.get(entry.get("class_type"))
@@ -623,8 +676,8 @@ def apply_overrides(prompt: dict, overrides, node_classes: dict, conversion: Con
                                 f"(inputs: {', '.join(all_specs)})", node_id, name)
         value = coerce_override(all_specs[name], raw, node_id, name)
         entry.setdefault("inputs", {})[name] = {"__value__": value} if isinstance(value, list) and \
-            not _is_link(value) else value
-        if conversion is not None and not _is_link(value):
+            not is_link(value) else value
+        if conversion is not None and not is_link(value):
             idx = conversion.widget_index.get((node_id, name))
             node = next((n for n in conversion.workflow.get("nodes", []) if str(n.get("id")) == node_id), None)
             if idx is not None and node is not None and isinstance(node.get("widgets_values"), list):
@@ -633,15 +686,14 @@ def apply_overrides(prompt: dict, overrides, node_classes: dict, conversion: Con
                 node["widgets_values"][name] = value
 
 
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _id_sort_key(node_id: str):
-    parts = str(node_id).split(":")
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+def is_link(value) -> bool:
+    """An API-prompt input that links to another node: ``[node_id, output_slot]``. Node ids may be strings or (in
+    hand-written prompts) integers; validation turns them into strings. The slot is an int, never a bool."""
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
+        and isinstance(value[1], int) and not isinstance(value[1], bool)
 
 
 def id_sort_key(node_id: str):
     """Numeric-aware order for node ids ("2" before "10")."""
-    return _id_sort_key(node_id)
+    parts = str(node_id).split(":")
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]

@@ -8,25 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._engine import core
 from .common import CATEGORY
 from .host import get_host
 
 MAX_PAIRS = 64  # images written per side; a bigger batch shows its first 64
-
-
-def temp_folder() -> Path:
-    """Where preview files go: the runner's/studio's temp folder (``host.temp_dir``) or ComfyUI's."""
-    folder = getattr(get_host(), "temp_dir", None)
-    if folder is None:
-        try:
-            import folder_paths  # ComfyUI
-
-            folder = folder_paths.get_temp_directory()
-        except ImportError:
-            raise core.IP2PError("Compare needs a temp folder to show images; run it in ComfyUI or the studio.") \
-                from None
-    return Path(folder)
 
 
 def _save(images, folder: Path, stem: str, side: str) -> list[dict]:
@@ -58,7 +43,7 @@ class IPX2PCompare:
         }
 
     def compare(self, before, after):
-        folder = temp_folder()
+        folder = get_host().temp_dir()
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"ipx2p_compare_{uuid.uuid4().hex[:12]}"
         return {"ui": {"ipx2p_before": _save(before, folder, stem, "before"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._engine import core
-from .common import CATEGORY, MODEL, prepare
+from .common import CATEGORY, MODEL, defaults, prepare, restore_size_input
 from .latent import from_comfy_latent
 
 
@@ -21,13 +21,11 @@ class IPX2PDecode:
             "required": {
                 "model": (MODEL, {"tooltip": "The model whose VAE decodes the latents."}),
                 "latent": ("LATENT", {"tooltip": "From the Dual-Guidance Sampler (or any LATENT of this model)."}),
-                "restore_size": ("BOOLEAN", {"default": True, "label_on": "original size", "label_off": "as sampled",
-                                             "tooltip": "Resize the result back to the input image's original size "
-                                                        "(when the resize policy changed it)."}),
+                **restore_size_input(),
             }
         }
 
-    def decode(self, model, latent, restore_size=True):
+    def decode(self, model, latent, restore_size=defaults.RESTORE_SIZE):
         prepare(model)
         samples, original, region = from_comfy_latent(model, latent)
         return (core.decode_latents(model, samples, restore_size=original if restore_size else None,

@@ -6,13 +6,15 @@ from ._engine import core
 from .common import (
     CATEGORY,
     MODEL,
+    NO_IMAGE_GUIDANCE_END,
     advanced_sampler_inputs,
-    host_cancel,
-    host_progress,
+    defaults,
     mask_inputs,
     prepare,
     resize_inputs,
     resize_policy,
+    restore_size_input,
+    run_on_host,
     sampler_inputs,
     settings_from,
     strength_inputs,
@@ -40,24 +42,24 @@ class IPX2PEditImage:
                                         "tooltip": "What to avoid (optional)."}),
                 **sampler_inputs(),
                 **resize_inputs(),
-                "restore_size": ("BOOLEAN", {"default": True, "label_on": "original size", "label_off": "as sampled",
-                                             "tooltip": "Return the result at the input's original size."}),
+                **restore_size_input(),
                 **advanced_sampler_inputs(),
             },
             "optional": {**mask_inputs(), **strength_inputs()},
         }
 
     def edit(self, model, image, instruction, negative, seed, steps, scheduler, text_guidance, image_guidance,
-             resize="keep", size=512, width=512, height=512, restore_size=True, guidance_rescale=0.0,
-             images_per_instruction=1, mask=None, mask_grow=0, mask_feather=8, strength=1.0,
-             image_guidance_end=-1.0):
+             resize=defaults.RESIZE, size=defaults.FIT_SIZE, width=defaults.EXACT_SIZE[0],
+             height=defaults.EXACT_SIZE[1], restore_size=defaults.RESTORE_SIZE,
+             guidance_rescale=defaults.GUIDANCE_RESCALE, images_per_instruction=defaults.IMAGES_PER_INSTRUCTION,
+             mask=None, mask_grow=defaults.MASK_GROW, mask_feather=defaults.MASK_FEATHER,
+             strength=defaults.STRENGTH, image_guidance_end=NO_IMAGE_GUIDANCE_END):
         prepare(model)
         settings = settings_from(seed, steps, scheduler, text_guidance, image_guidance, guidance_rescale,
                                  images_per_instruction, strength, image_guidance_end)
-        result = core.pipeline.edit(
-            model, image, instruction, negative=negative or None, settings=settings,
-            resize=resize_policy(resize, size, width, height), restore_size=restore_size, mask=mask,
+        result = run_on_host(
+            core.pipeline.edit, model, image, instruction, negative=negative or None, settings=settings,
+            resize=resize_policy(resize, size, width, height), restore_size=bool(restore_size), mask=mask,
             mask_grow=int(mask_grow), mask_feather=int(mask_feather),
-            callback=host_progress(model.family.value), cancel=host_cancel(),
         )
         return (result.images,)

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ._engine import core
-from .common import CATEGORY, CONDITIONING, IMAGE_LATENTS, MODEL, mask_inputs, prepare, resize_inputs, resize_policy
+from .common import (
+    CATEGORY,
+    CONDITIONING,
+    IMAGE_LATENTS,
+    MODEL,
+    defaults,
+    mask_inputs,
+    prepare,
+    resize_inputs,
+    resize_policy,
+)
 
 
 class IPX2PEncodeInstruction:
@@ -60,8 +70,9 @@ class IPX2PEncodeImage:
             "optional": mask_inputs(),
         }
 
-    def encode(self, model, image, resize="keep", size=512, width=512, height=512, mask=None, mask_grow=0,
-               mask_feather=8):
+    def encode(self, model, image, resize=defaults.RESIZE, size=defaults.FIT_SIZE, width=defaults.EXACT_SIZE[0],
+               height=defaults.EXACT_SIZE[1], mask=None, mask_grow=defaults.MASK_GROW,
+               mask_feather=defaults.MASK_FEATHER):
         prepare(model)
         return (core.encode_image(model, image, resize_policy(resize, size, width, height), mask=mask,
                                   mask_grow=int(mask_grow), mask_feather=int(mask_feather)),)

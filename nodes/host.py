@@ -1,8 +1,8 @@
-"""The one seam between nodes and whatever runs them: model folders, device, progress, previews, interrupt, memory.
+"""The one seam between nodes and whatever runs them: model folders, temp folder, device, memory, progress,
+previews and cancellation. Nodes call ``get_host()`` and never import ComfyUI or the standalone runner themselves.
 
-Two implementations: ``ComfyHost`` inside ComfyUI (ComfyUI's modules are imported lazily, inside methods, so this
-file imports without ComfyUI), and ``StandaloneHost`` for our runner and studio, which plug in their own progress
-and interrupt callbacks. Nodes call ``get_host()`` and never import ComfyUI themselves.
+Two implementations: :class:`.comfy_host.ComfyHost` inside ComfyUI, and ``ipx2p_standalone.host.StandaloneHost``
+for our runner, CLI and studio, which install theirs with :func:`set_host`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import NoReturn, Protocol, runtime_checkable
+
+from ._engine import core, paths
 
 MODEL_KINDS = ("checkpoints", "diffusers", "loras", "embeddings")
 MODEL_SUFFIXES = {
@@ -21,7 +23,39 @@ MODEL_SUFFIXES = {
 }
 
 
-def _walk_models(roots: list[Path], kind: str) -> list[str]:
+@runtime_checkable
+class Host(Protocol):
+    """What a node may ask of whatever runs it."""
+
+    name: str
+
+    # model folders: kind is one of MODEL_KINDS
+    def model_dirs(self, kind: str) -> list[Path]: ...
+    def list_models(self, kind: str) -> list[str]: ...
+    def resolve_model(self, kind: str, name: str) -> Path | None: ...
+
+    def temp_dir(self) -> Path:
+        """Where display nodes write preview files (served as type "temp")."""
+
+    # device and memory
+    def device(self) -> str: ...
+    def prepare_memory(self, model) -> None:
+        """Make room for (and re-load) the model's weights before heavy work."""
+
+    def free_memory(self) -> None:
+        """Release cached models and device memory ("Unload models")."""
+
+    # progress, previews, cancellation
+    def previews_enabled(self) -> bool: ...
+    def progress(self, step: int, total: int, preview=None) -> None: ...
+    def cancelled(self) -> bool:
+        """Whether the user asked to stop; nodes pass this to the engine as ``cancel``."""
+
+    def raise_cancelled(self, exc: "core.Cancelled") -> NoReturn:
+        """Raise what the host's executor reports as an interruption (the engine raised ``Cancelled``)."""
+
+
+def walk_models(roots: list[Path], kind: str) -> list[str]:
     """Relative names under the roots: files with the kind's suffixes, or diffusers folders (model_index.json)."""
     names: set[str] = set()
     for root in roots:
@@ -41,164 +75,19 @@ def _walk_models(roots: list[Path], kind: str) -> list[str]:
     return sorted(names)
 
 
-def _find_under(roots: list[Path], name: str) -> Path | None:
-    """``name`` under one of the roots. The name may not climb out (no absolute paths, no '..'); symlinks placed
-    inside a models folder are followed, as users link big models in from other disks."""
-    rel = Path(name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        return None
+def find_model(roots: list[Path], name: str) -> Path | None:
+    """``name`` under the first root that has it. The name may not climb out; symlinks placed inside a models
+    folder are followed, as users link big models in from other disks."""
     for root in roots:
-        candidate = Path(os.path.normpath(root / rel))
+        candidate = paths.contained_path(root, name, follow_links=True)
+        if candidate is None:
+            return None
         if candidate.exists():
             return candidate
     return None
 
 
-class StandaloneHost:
-    """Host for the runner and studio. ``models_dir`` holds checkpoints/, diffusers/, loras/, embeddings/."""
-
-    name = "standalone"
-
-    def __init__(self, models_dir: str | os.PathLike | None = None, device: str | None = None):
-        self.models_dir = Path(models_dir or os.environ.get("IPX2P_MODELS", "models")).expanduser()
-        self._device = device
-        self.extra_dirs: dict[str, list[Path]] = {}
-        self.progress_callback: Callable[[int, int, object | None], None] | None = None
-        self.previews = True
-        self._interrupt = threading.Event()
-
-    # model folders
-    def model_dirs(self, kind: str) -> list[Path]:
-        return [self.models_dir / kind, *self.extra_dirs.get(kind, [])]
-
-    def list_models(self, kind: str) -> list[str]:
-        return _walk_models(self.model_dirs(kind), kind)
-
-    def resolve_model(self, kind: str, name: str) -> Path | None:
-        return _find_under(self.model_dirs(kind), name)
-
-    # device and memory
-    def device(self) -> str:
-        return self._device or "auto"
-
-    def prepare_memory(self, model) -> None:
-        pass
-
-    def free_memory(self) -> None:
-        pass
-
-    # progress, previews, interrupt
-    def previews_enabled(self) -> bool:
-        return self.previews and self.progress_callback is not None
-
-    def progress(self, step: int, total: int, preview=None) -> None:
-        if self.progress_callback is not None:
-            self.progress_callback(step, total, preview)
-
-    def interrupt(self) -> None:
-        self._interrupt.set()
-
-    def clear_interrupt(self) -> None:
-        self._interrupt.clear()
-
-    def interrupted(self) -> bool:
-        return self._interrupt.is_set()
-
-
-class ComfyHost:
-    """Host inside ComfyUI: folder_paths, comfy.model_management, comfy.utils.ProgressBar, latent previews."""
-
-    name = "comfyui"
-
-    def __init__(self):
-        self._patchers: dict[int, object] = {}  # strong references: ComfyUI keeps only weak ones
-
-    def model_dirs(self, kind: str) -> list[Path]:
-        import folder_paths
-
-        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
-
-    def list_models(self, kind: str) -> list[str]:
-        import folder_paths
-
-        if kind == "diffusers":  # ComfyUI lists folders only through its own walk (see DiffusersLoader)
-            return _walk_models(self.model_dirs(kind), kind)
-        return [n for n in folder_paths.get_filename_list(kind) if n.lower().endswith(MODEL_SUFFIXES[kind])]
-
-    def resolve_model(self, kind: str, name: str) -> Path | None:
-        import folder_paths
-
-        if kind == "diffusers":
-            return _find_under(self.model_dirs(kind), name)
-        path = folder_paths.get_full_path(kind, name)
-        return Path(path) if path else None
-
-    def device(self) -> str:
-        import comfy.model_management as mm
-
-        return str(mm.get_torch_device())
-
-    def prepare_memory(self, model) -> None:
-        """Hand our modules to ComfyUI's model management before GPU work.
-
-        Wrapped in a ModelPatcher (around a plain Module holder: ModelPatcher sets attributes a diffusers model
-        refuses), ComfyUI evicts its own models to make room, loads ours fully, and moves ours off the GPU again
-        when it needs the memory or when the user presses "Unload models" (POST /free). Every node calls this
-        before it computes, so weights are back on the GPU whenever they are used.
-        """
-        if getattr(model.device, "type", "cpu") == "cpu":
-            return
-        import comfy.model_management as mm
-        import comfy.model_patcher
-        import torch
-
-        key = id(model.unet)  # LoRA/embedding handles share the base modules, so they share one patcher
-        patcher = self._patchers.get(key)
-        if patcher is None:
-            holder = torch.nn.Module()
-            holder.unet, holder.vae = model.unet, model.vae
-            holder.text_encoders = torch.nn.ModuleList(model.text_encoders)
-            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=model.device,
-                                                       offload_device=mm.unet_offload_device())
-            self._patchers[key] = patcher
-        mm.load_models_gpu([patcher], force_full_load=True)
-
-    def free_memory(self) -> None:
-        import comfy.model_management as mm
-
-        mm.soft_empty_cache()
-
-    def previews_enabled(self) -> bool:
-        try:
-            from comfy.cli_args import LatentPreviewMethod, args
-
-            return args.preview_method != LatentPreviewMethod.NoPreviews
-        except Exception:
-            return False
-
-    def progress(self, step: int, total: int, preview=None) -> None:
-        import comfy.utils
-
-        bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(step, total, ("JPEG", preview, 512) if preview is not None else None)
-
-    def interrupted(self) -> bool:
-        # Raise ComfyUI's own exception so the UI reports "interrupted" (not an error); it clears the flag.
-        import comfy.model_management as mm
-
-        mm.throw_exception_if_processing_interrupted()
-        return False
-
-    def interrupt(self) -> None:
-        import comfy.model_management as mm
-
-        mm.interrupt_current_processing(True)
-
-    def clear_interrupt(self) -> None:
-        pass
-
-
-_HOST: StandaloneHost | ComfyHost | None = None
+_HOST: Host | None = None
 _LOCK = threading.Lock()
 
 
@@ -207,15 +96,28 @@ def running_in_comfyui() -> bool:
     return "comfy.model_management" in sys.modules and "folder_paths" in sys.modules
 
 
-def get_host():
+def _default_host() -> Host:
+    if running_in_comfyui():
+        from .comfy_host import ComfyHost
+
+        return ComfyHost()
+    try:  # the pip-installed nodes without ComfyUI: our standalone host, as `ipx2p run` would install
+        from ipx2p_standalone.host import StandaloneHost
+    except ImportError:
+        raise core.IP2PError("No host is installed for the nodes: run them in ComfyUI, through `ipx2p run` or the "
+                             "studio, or install one with ipx2p_nodes.host.set_host(...).") from None
+    return StandaloneHost()
+
+
+def get_host() -> Host:
     global _HOST
     with _LOCK:
         if _HOST is None:
-            _HOST = ComfyHost() if running_in_comfyui() else StandaloneHost()
+            _HOST = _default_host()
         return _HOST
 
 
-def set_host(host) -> None:
+def set_host(host: Host) -> None:
     """The runner and studio install their configured StandaloneHost here."""
     global _HOST
     with _LOCK:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ._engine import core
-from .common import CATEGORY, MODEL
+from .common import CATEGORY, MODEL, defaults
 from .host import get_host
 
 DIFFUSERS_TAG = "[diffusers] "
@@ -53,11 +53,11 @@ class IPX2PLoadModel:
             "required": {
                 "model_name": (model_choices(), {"tooltip": "A checkpoint from models/checkpoints, or a diffusers "
                                                             "folder (with model_index.json) from models/diffusers."}),
-                "family": (["auto", "sd15", "sdxl", "cosxl"], {"default": "auto",
+                "family": (["auto", "sd15", "sdxl", "cosxl"], {"default": defaults.FAMILY,
                                                                "tooltip": "auto reads the family from the weights."}),
-                "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
+                "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": defaults.DTYPE,
                                                              "tooltip": "auto = fp16 on a GPU, fp32 on the CPU."}),
-                "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
+                "device": (["auto", "cpu", "cuda", "mps"], {"default": defaults.DEVICE,
                                                             "tooltip": "Where the model runs; auto follows the host "
                                                                        "(ComfyUI's --cpu etc.)."}),
             }
@@ -78,12 +78,10 @@ class IPX2PLoadModel:
             return str(exc)
         return True
 
-    def load(self, model_name, family="auto", dtype="auto", device="auto"):
+    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE):
         path = resolve_model_choice(model_name)
         dev = core.models.parse_device(get_host().device() if device == "auto" else device)
-        if dtype == "auto":
-            dtype = "fp16" if dev.type in ("cuda", "mps") else "fp32"
-        return (core.load_model(path, family=family, dtype=dtype, device=dev),)
+        return (core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev),)
 
 
 class IPX2PApplyLoRA:
@@ -101,14 +99,14 @@ class IPX2PApplyLoRA:
             "required": {
                 "model": (MODEL, {"tooltip": "The model to add the LoRA to (chain several Apply LoRA nodes)."}),
                 "lora_name": (get_host().list_models("loras"), {"tooltip": "A LoRA file from models/loras."}),
-                "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                "strength_model": ("FLOAT", {"default": defaults.LORA_STRENGTH, "min": -10.0, "max": 10.0, "step": 0.01,
                                              "tooltip": "LoRA strength on the UNet (negative inverts it)."}),
-                "strength_text": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                "strength_text": ("FLOAT", {"default": defaults.LORA_STRENGTH, "min": -10.0, "max": 10.0, "step": 0.01,
                                             "tooltip": "LoRA strength on the text encoder(s)."}),
             }
         }
 
-    def apply(self, model, lora_name, strength_model=1.0, strength_text=1.0):
+    def apply(self, model, lora_name, strength_model=defaults.LORA_STRENGTH, strength_text=defaults.LORA_STRENGTH):
         path = get_host().resolve_model("loras", lora_name)
         if path is None:
             raise core.IP2PError(f"LoRA {lora_name!r} not found in the loras folders.")

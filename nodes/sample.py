@@ -8,10 +8,11 @@ from .common import (
     CONDITIONING,
     IMAGE_LATENTS,
     MODEL,
+    NO_IMAGE_GUIDANCE_END,
     advanced_sampler_inputs,
-    host_cancel,
-    host_progress,
+    defaults,
     prepare,
+    run_on_host,
     sampler_inputs,
     settings_from,
     strength_inputs,
@@ -42,10 +43,10 @@ class IPX2PSampler:
         }
 
     def sample(self, model, conditioning, image_latents, seed, steps, scheduler, text_guidance, image_guidance,
-               guidance_rescale=0.0, images_per_instruction=1, strength=1.0, image_guidance_end=-1.0):
+               guidance_rescale=defaults.GUIDANCE_RESCALE, images_per_instruction=defaults.IMAGES_PER_INSTRUCTION,
+               strength=defaults.STRENGTH, image_guidance_end=NO_IMAGE_GUIDANCE_END):
         prepare(model)
         settings = settings_from(seed, steps, scheduler, text_guidance, image_guidance, guidance_rescale,
                                  images_per_instruction, strength, image_guidance_end)
-        latents = core.sample(model, conditioning, image_latents, settings,
-                              callback=host_progress(model.family.value), cancel=host_cancel())
+        latents = run_on_host(core.sample, model, conditioning, image_latents, settings)
         return (to_comfy_latent(model, latents),)

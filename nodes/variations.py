@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from ._engine import core
+from ._engine import core, number_lists
 from .common import (
     CATEGORY,
     MODEL,
-    host_cancel,
-    host_progress,
-    parse_scale_list,
+    defaults,
     prepare,
     resize_inputs,
     resize_policy,
+    restore_size_input,
+    run_on_host,
     sampler_inputs,
     settings_from,
 )
@@ -43,30 +43,33 @@ class IPX2PGuidanceSweep:
                 "instruction": ("STRING", {"multiline": True, "default": "make it winter",
                                            "tooltip": "What to change."}),
                 "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid (optional)."}),
-                "text_guidances": ("STRING", {"default": "5, 7.5, 10",
-                                              "tooltip": "Text guidance values, comma separated (grid rows)."}),
-                "image_guidances": ("STRING", {"default": "1, 1.5, 2",
-                                               "tooltip": "Image guidance values, comma separated (grid columns)."}),
+                "text_guidances": ("STRING", {
+                    "default": number_lists.format_number_list(defaults.SWEEP_TEXT_GUIDANCES),
+                    "tooltip": "Text guidance values, comma separated (grid rows)."}),
+                "image_guidances": ("STRING", {
+                    "default": number_lists.format_number_list(defaults.SWEEP_IMAGE_GUIDANCES),
+                    "tooltip": "Image guidance values, comma separated (grid columns)."}),
                 **_sweep_sampler_inputs(),
                 **resize_inputs(),
-                "restore_size": ("BOOLEAN", {"default": True, "label_on": "original size", "label_off": "as sampled",
-                                             "tooltip": "Return the results at the input's original size."}),
-                "max_batch": ("INT", {"default": 64, "min": 3, "max": 4096,
+                **restore_size_input("results"),
+                "max_batch": ("INT", {"default": defaults.SWEEP_MAX_BATCH, "min": 3, "max": 4096,
                                       "tooltip": "Largest UNet batch (edits x passes) per call; lower it if memory "
                                                  "runs out. Never changes the results."}),
             }
         }
 
     def sweep(self, model, image, instruction, negative, text_guidances, image_guidances, seed, steps, scheduler,
-              resize="keep", size=512, width=512, height=512, restore_size=True, max_batch=64):
+              resize=defaults.RESIZE, size=defaults.FIT_SIZE, width=defaults.EXACT_SIZE[0],
+              height=defaults.EXACT_SIZE[1], restore_size=defaults.RESTORE_SIZE, max_batch=defaults.SWEEP_MAX_BATCH):
         prepare(model)
-        texts = parse_scale_list(text_guidances, "Text guidances")
-        imgs = parse_scale_list(image_guidances, "Image guidances")
-        settings = settings_from(seed, steps, scheduler, 7.5, 1.5)
-        result = core.pipeline.guidance_sweep(
-            model, image, instruction, texts, imgs, negative=negative or None, settings=settings,
-            resize=resize_policy(resize, size, width, height), restore_size=restore_size, max_rows=max_batch,
-            callback=host_progress(model.family.value), cancel=host_cancel(),
+        texts = number_lists.parse_number_list(text_guidances, "Text guidances")
+        imgs = number_lists.parse_number_list(image_guidances, "Image guidances")
+        # every cell sets its own guidance pair; the settings' pair is only the engine's default
+        settings = settings_from(seed, steps, scheduler, defaults.TEXT_GUIDANCE, defaults.IMAGE_GUIDANCE)
+        result = run_on_host(
+            core.pipeline.guidance_sweep, model, image, instruction, texts, imgs, negative=negative or None,
+            settings=settings, resize=resize_policy(resize, size, width, height), restore_size=bool(restore_size),
+            max_rows=int(max_batch),
         )
         return (result.images, result.sheet)
 
@@ -95,13 +98,13 @@ class IPX2PInstructionChain:
         }
 
     def chain(self, model, image, instructions, negative, seed, steps, scheduler, text_guidance, image_guidance,
-              resize="keep", size=512, width=512, height=512):
+              resize=defaults.RESIZE, size=defaults.FIT_SIZE, width=defaults.EXACT_SIZE[0],
+              height=defaults.EXACT_SIZE[1]):
         prepare(model)
         settings = settings_from(seed, steps, scheduler, text_guidance, image_guidance)
-        results = core.pipeline.edit_chain(
-            model, image, instructions.splitlines(), negative=negative or None, settings=settings,
-            resize=resize_policy(resize, size, width, height), restore_size=True,
-            callback=host_progress(model.family.value), cancel=host_cancel(),
+        results = run_on_host(
+            core.pipeline.edit_chain, model, image, instructions.splitlines(), negative=negative or None,
+            settings=settings, resize=resize_policy(resize, size, width, height), restore_size=True,
         )
         # restore_size keeps every step at the input's size, so the steps stack into one batch
         return (results[-1].images, torch.cat([r.images for r in results]))

@@ -73,7 +73,8 @@ def runner(tmp_path):
     """A runner over the small dummy nodes of dummy_nodes.py (test_example_workflows.py has its own ``runner``)."""
     from dummy_nodes import CALLS, NODES, Slow
 
-    from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+    from ipx2p_nodes.host import get_host, set_host
+    from ipx2p_standalone.host import StandaloneHost
     from ipx2p_standalone.runner import Runner
 
     CALLS.clear()

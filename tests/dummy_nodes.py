@@ -226,7 +226,7 @@ class Slow:
         CALLS.append(("Slow", ""))
         host = get_host()
         for i in range(steps):
-            if host.interrupted():
+            if host.cancelled():
                 from ipx2p_core.errors import Cancelled
 
                 raise Cancelled("stopped")

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 import ipx2p_nodes
+from ipx2p_core import defaults
 from ipx2p_nodes.host import get_host, set_host
 from ipx2p_standalone.studio import PACK_NAME, StudioServer
 
@@ -377,9 +378,14 @@ def test_guidance_pad_drags_both_values_and_stays_in_sync(page, browser, edited)
     assert widget_value(page, EDIT, "image_guidance") == 1.25
     page.evaluate("(id) => app.graph.remove(app.graph.getNodeById(id))", sweep)
 
-    # and its presets set both at once
+    # and its presets set both at once; the defaults among them (and the pad's ring) come from the node's
+    # definition in /object_info, which the server reads from the engine's defaults
+    assert page.evaluate("(id) => app.graph.getNodeById(id).ipx2pGuidanceDefaults", EDIT) == \
+        {"text": defaults.TEXT_GUIDANCE, "image": defaults.IMAGE_GUIDANCE}
     page.mouse.click(*title, button="right")
     page.locator(".litecontextmenu .litemenu-entry", has_text="Guidance preset").click()
+    presets = page.locator(".litecontextmenu").last.locator(".litemenu-entry").all_inner_texts()
+    assert f"Defaults (InstructPix2Pix) (text {defaults.TEXT_GUIDANCE:g}, image {defaults.IMAGE_GUIDANCE:g})" in presets
     page.locator(".litecontextmenu .litemenu-entry", has_text="Strong").click()
     assert widget_value(page, EDIT, "text_guidance") == 10.0
     assert widget_value(page, EDIT, "image_guidance") == 1.2

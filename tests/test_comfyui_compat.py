@@ -39,7 +39,7 @@ sys.path.insert(0, str(root))
 spec = importlib.util.spec_from_file_location("ipx2p_nodes", root / "nodes" / "__init__.py",
                                               submodule_search_locations=[str(root / "nodes")])
 module = importlib.util.module_from_spec(spec); sys.modules["ipx2p_nodes"] = module; spec.loader.exec_module(module)
-from ipx2p_nodes.host import StandaloneHost
+from ipx2p_standalone.host import StandaloneHost
 from ipx2p_standalone.runner import Runner
 runner = Runner(output_dir=job["output"], input_dir=job["input"], temp_dir=job["temp"],
                 host=StandaloneHost(models_dir=job["models"], device="cpu"))

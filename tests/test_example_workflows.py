@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from examples_helpers import EXAMPLES, build_models_dir, copy_inputs, load_example, tiny_overrides
-from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+from ipx2p_nodes.host import get_host, set_host
+from ipx2p_standalone.host import StandaloneHost
 from ipx2p_standalone.runner import Runner
 
 EXPECTED = {  # example -> (output prefix, number of images, size of the first (w, h))

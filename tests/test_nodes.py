@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import ipx2p_nodes
-from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+from ipx2p_nodes.host import get_host, set_host
+from ipx2p_standalone.host import StandaloneHost
 
 
 @pytest.fixture()
@@ -97,7 +98,7 @@ def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, t
     import types
 
     from ipx2p_core import load_model
-    from ipx2p_nodes.host import ComfyHost
+    from ipx2p_nodes.comfy_host import ComfyHost
 
     loaded = []
 
@@ -125,3 +126,76 @@ def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, t
     holder = first[0].model
     assert holder.unet is model.unet and holder.vae is model.vae and list(holder.text_encoders) == [model.text_encoders[0]]
     assert first[0].load_device == torch.device("cuda") and first[0].offload_device == "cpu"
+
+
+def _fake_comfyui(monkeypatch, tmp_path):
+    """Just enough of ComfyUI for ComfyHost: the interrupt flag and its exception (the same semantics as
+    comfy.model_management: the throwing accessor clears the flag), a ProgressBar whose hook records steps, and
+    folder_paths' temp folder."""
+    import sys
+    import types
+
+    class InterruptProcessingException(Exception):
+        pass
+
+    state = {"flag": False, "steps": []}
+
+    def throw_exception_if_processing_interrupted():
+        if state["flag"]:
+            state["flag"] = False
+            raise InterruptProcessingException()
+
+    mm = types.SimpleNamespace(InterruptProcessingException=InterruptProcessingException,
+                               processing_interrupted=lambda: state["flag"],
+                               throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
+                               get_torch_device=lambda: torch.device("cpu"))
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            state["steps"].append(value)
+            if value == 1:
+                state["flag"] = True  # the user presses Cancel during the first step
+
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, types.SimpleNamespace(ProgressBar=ProgressBar)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "folder_paths",
+                        types.SimpleNamespace(get_temp_directory=lambda: str(tmp_path / "comfy-temp")))
+    return state, InterruptProcessingException
+
+
+def test_inside_comfyui_a_cancel_is_comfyuis_own_interrupt(monkeypatch, host, photo, tmp_path):
+    """The engine raises Cancelled when host.cancelled() turns true; ComfyHost turns it into ComfyUI's
+    InterruptProcessingException (so ComfyUI reports "interrupted", not an error) and clears the flag."""
+    from ipx2p_nodes.comfy_host import ComfyHost
+
+    (model,) = node("IPX2PLoadModel").load("[diffusers] tiny-sd", "auto", "fp32", "cpu")
+    (cond,) = node("IPX2PEncodeInstruction").encode(model, "x", "")
+    (lat,) = node("IPX2PEncodeImage").encode(model, _image(photo), "keep", 512, 512, 512)
+    state, interrupt = _fake_comfyui(monkeypatch, tmp_path)
+    set_host(ComfyHost())
+    with pytest.raises(interrupt) as stopped:
+        node("IPX2PSampler").sample(model, cond, lat, seed=1, steps=3, scheduler="euler", text_guidance=5.0,
+                                    image_guidance=1.5)
+    from ipx2p_core import Cancelled
+
+    assert isinstance(stopped.value.__cause__, Cancelled)
+    assert state["steps"] == [1] and state["flag"] is False  # stopped before step 2; the flag is consumed
+    assert get_host().temp_dir() == tmp_path / "comfy-temp"  # Compare's folder inside ComfyUI
+
+
+def test_both_hosts_implement_the_seam_and_the_standalone_one_frees_cached_models(host, tiny_sd, tmp_path):
+    from ipx2p_core import MODEL_CACHE, load_model
+    from ipx2p_nodes.comfy_host import ComfyHost
+    from ipx2p_nodes.host import Host
+
+    assert isinstance(host, Host) and isinstance(ComfyHost(), Host)
+    load_model(tiny_sd["folder"])  # through the engine's model cache, as Load Model does
+    assert len(MODEL_CACHE) >= 1
+    host.free_memory()  # what the studio's "Unload models" (POST /free) calls
+    assert len(MODEL_CACHE) == 0

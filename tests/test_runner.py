@@ -13,7 +13,8 @@ import torch
 from dummy_nodes import CALLS, NODES, Show, Slow, Stamped
 from PIL import Image
 
-from ipx2p_nodes.host import StandaloneHost, get_host, set_host
+from ipx2p_nodes.host import get_host, set_host
+from ipx2p_standalone.host import StandaloneHost
 from ipx2p_standalone.cli import main
 from ipx2p_standalone.runner import Runner, WorkflowError
 from ipx2p_standalone.workflow import input_types, widget_default, widget_layout
@@ -66,8 +67,8 @@ def test_cache_keeps_only_the_current_prompt_unless_asked(runner, tmp_path):
     runner.run(chain())
     runner.run(chain(value=50.0))
     assert runner.run(chain()).executed == ["1", "3", "4", "5"]  # classic cache: the first run's entries were dropped
-    keeping = Runner(NODES, output_dir=tmp_path / "o2", input_dir=tmp_path / "in", temp_dir=tmp_path / "t2",
-                     host=runner.host, cache_size=16)
+    keeping = Runner(NODES, output_dir=tmp_path / "o2", input_dir=tmp_path / "in", host=runner.host,
+                     cache_size=16)  # the host's temp folder (the first runner's) is this runner's too
     keeping.run(chain())
     keeping.run(chain(value=50.0))
     assert keeping.run(chain()).executed == []

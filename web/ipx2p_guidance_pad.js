@@ -5,6 +5,8 @@
 // reads the widgets every time it draws and writes through them (rounding, limits and callbacks included).
 // The node's context menu adds guidance presets and, when the graph has a Guidance Sweep node, every pair it tries
 // (to copy the best cell of its contact sheet). The pad is not serialized: workflows keep only the two numbers.
+// The default guidance (a ring on the pad, the "Defaults" preset) is the node's own widget default from
+// /object_info, which the server reads from the engine's defaults: no number is repeated here.
 
 import { app } from "../../scripts/app.js";
 
@@ -16,14 +18,25 @@ const IMAGE = "image_guidance";
 // The part of each range the pad shows; the number widgets still accept their full range (points outside are
 // drawn on the edge with an arrow).
 const VIEW = { text: [0, 15], image: [0, 4] };
-const DEFAULTS = { text: 7.5, image: 1.5 };
-const PRESETS = [
-  ["Subtle: stay close to the photo", 5.0, 2.0],
-  ["Balanced (InstructPix2Pix default)", 7.5, 1.5],
-  ["Strong: follow the instruction", 10.0, 1.2],
-  ["CosXL Edit", 5.0, 1.5],
-  ["Fastest (image guidance 1)", 7.5, 1.0],
-];
+
+// The node definition's defaults for the two guidance inputs, or null when it does not give both.
+export function guidanceDefaults(nodeData) {
+  const inputs = { ...nodeData?.input?.required, ...nodeData?.input?.optional };
+  const text = inputs[TEXT]?.[1]?.default;
+  const image = inputs[IMAGE]?.[1]?.default;
+  return Number.isFinite(text) && Number.isFinite(image) ? { text, image } : null;
+}
+
+// Presets around the defaults; the fixed pairs are starting points worth trying, not defaults.
+function presets(defaults) {
+  return [
+    ["Subtle: stay close to the photo", 5.0, 2.0],
+    ...(defaults ? [["Defaults (InstructPix2Pix)", defaults.text, defaults.image]] : []),
+    ["Strong: follow the instruction", 10.0, 1.2],
+    ["CosXL Edit", 5.0, 1.5],
+    ...(defaults ? [["Fastest (image guidance 1)", defaults.text, 1.0]] : []),
+  ];
+}
 
 const SWEEP_NODE = "IPX2PGuidanceSweep";
 const MAX_SWEEP_ITEMS = 64;
@@ -215,10 +228,13 @@ function makePad(node) {
         ctx.fillText("follow the instruction →", r.x + r.w, r.y + r.h + FOOTER / 2 + 1);
 
         // the defaults, as a faint ring
-        ctx.strokeStyle = "rgba(255,255,255,0.35)";
-        ctx.beginPath();
-        ctx.arc(toX(r, DEFAULTS.text), toY(r, DEFAULTS.image), 4, 0, Math.PI * 2);
-        ctx.stroke();
+        const defaults = node.ipx2pGuidanceDefaults;
+        if (defaults) {
+          ctx.strokeStyle = "rgba(255,255,255,0.35)";
+          ctx.beginPath();
+          ctx.arc(toX(r, defaults.text), toY(r, defaults.image), 4, 0, Math.PI * 2);
+          ctx.stroke();
+        }
       }
 
       // the point, with crosshairs; clamped to the edge (with an arrow) when a value is outside the view
@@ -284,6 +300,7 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!PAD_NODES.includes(nodeData?.name)) return;
+    nodeType.prototype.ipx2pGuidanceDefaults = guidanceDefaults(nodeData);
     const previous = nodeType.prototype.getExtraMenuOptions;
     nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
       const result = previous?.apply(this, arguments);
@@ -291,7 +308,7 @@ app.registerExtension({
       options.push(null, {
         content: "Guidance preset",
         submenu: {
-          options: PRESETS.map(([label, text, image]) => ({
+          options: presets(node.ipx2pGuidanceDefaults).map(([label, text, image]) => ({
             content: `${label} (text ${text}, image ${image})`,
             callback: () => setGuidance(node, text, image),
           })),

@@ -2,7 +2,7 @@
 :class:`~ipx2p_standalone.runner.Runner` as ``ipx2p run``.
 
 Modules: :mod:`.app` (configuration, state, ``create_app``, ``run_studio``, ``StudioServer``), :mod:`.routes` (the
-HTTP API), :mod:`.prompt_queue` (queue, history, the worker thread), :mod:`.hub` (websocket clients, events, preview
+HTTP API), :mod:`.prompt_queue` (queue, history, the worker thread), :mod:`.events` (websocket clients, events, preview
 frames), :mod:`.files` (view and uploads), :mod:`.userdata` (users, settings, saved workflows) and :mod:`.security`
 (path checks, Origin/Host checks, image limits).
 """

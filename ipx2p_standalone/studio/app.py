@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -27,10 +26,12 @@ from pathlib import Path
 from aiohttp import web
 
 from .files import Files
-from .hub import Hub
+from .events import Hub
 from .prompt_queue import PromptQueue, Worker
 from .routes import Api, add_api_routes
-from .security import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, is_loopback, origin_middleware, within
+from ipx2p_core.paths import within
+
+from .security import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, is_loopback, origin_middleware
 from .userdata import UserData
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ class Studio:
     """Everything one studio server holds: folders, the host the nodes see, the runner, queue, worker and sockets."""
 
     def __init__(self, config: StudioConfig):
-        from ipx2p_nodes.host import StandaloneHost
-
+        from ..host import StandaloneHost
         from ..runner import Runner
 
         self.config = config
@@ -133,7 +133,6 @@ class Studio:
         self.web_dir = Path(config.web_dir) if config.web_dir is not None else REPO_ROOT / "web"
         self.examples_dir = Path(config.examples_dir) if config.examples_dir is not None \
             else REPO_ROOT / "example_workflows"
-        self.locales_dir = REPO_ROOT / "locales"
 
         self._own_temp = config.temp_dir is None
         temp = Path(tempfile.mkdtemp(prefix="ipx2p-studio-temp-")) if self._own_temp else Path(config.temp_dir)
@@ -154,11 +153,10 @@ class Studio:
 
         self.max_upload = int(config.max_upload_mb * 1024 * 1024)
         self.server_features = {"supports_preview_metadata": True, "max_upload_size": self.max_upload}
-        self.host = StandaloneHost(models_dir=config.models_dir, device=config.device)
+        self.host = StandaloneHost(models_dir=config.models_dir, device=config.device, temp_dir=self.folders["temp"])
         self.host.previews = config.previews
         runner_args = dict(node_classes=config.node_classes, display_names=config.display_names,
-                           output_dir=self.folders["output"], input_dir=self.folders["input"],
-                           temp_dir=self.folders["temp"], host=self.host)
+                           output_dir=self.folders["output"], input_dir=self.folders["input"], host=self.host)
         # The worker's runner executes; a second runner over the same classes, folders and host answers validation
         # and object_info, because Runner.validate waits for a running prompt to finish (one lock per runner).
         self.runner = Runner(**runner_args)
@@ -209,30 +207,6 @@ class Studio:
             return {}
         names = sorted(p.stem for p in self.examples_dir.glob("*.json") if p.is_file())
         return {PACK_NAME: names} if names else {}
-
-    def translations(self) -> dict:
-        """``locales/<lang>/main.json`` plus nodeDefs/commands/settings.json under their names, as ComfyUI."""
-        out: dict = {}
-        if not self.locales_dir.is_dir():
-            return out
-        for lang in sorted(p for p in self.locales_dir.iterdir() if p.is_dir()):
-            entry: dict = {}
-            for name in ("main.json", "nodeDefs.json", "commands.json", "settings.json"):
-                path = lang / name
-                if not path.is_file():
-                    continue
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as exc:
-                    log.warning("Skipping %s: %s", path, exc)
-                    continue
-                if name == "main.json" and isinstance(data, dict):
-                    entry.update(data)
-                else:
-                    entry[name.split(".")[0]] = data
-            if entry:
-                out[lang.name] = entry
-        return out
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 

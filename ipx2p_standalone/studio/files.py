@@ -1,6 +1,6 @@
 """``/view``, ``/upload/image`` and ``/upload/mask``: images in and out of the input, output and temp folders.
 
-Every name that arrives from a request goes through :func:`.security.safe_join` (no ``..``, no absolute or
+Every name that arrives from a request goes through :func:`ipx2p_core.paths.contained_path` (no ``..``, no absolute or
 drive-letter paths, backslashes are separators, symlinks may not lead out of the folder). Uploads must be images
 within the pixel limit; their bytes are stored as sent (a PNG keeps its embedded workflow).
 """
@@ -17,24 +17,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .security import (ImageRejected, check_image_bytes, open_checked_image, safe_filename, safe_join,
-                       write_atomic)
+from ipx2p_core.paths import contained_path
+
+from ..builtin_nodes import split_annotation
+from .security import ImageRejected, check_image_bytes, open_checked_image, safe_filename, write_atomic
 
 log = logging.getLogger(__name__)
 
 FOLDER_TYPES = ("input", "output", "temp")
-ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 # Shown inline these could run script on our origin: always sent as downloads.
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript",
                 "application/javascript", "text/css", "image/svg+xml", "text/xml", "application/xml"}
-
-
-def split_annotation(name: str) -> tuple[str, str | None]:
-    """ComfyUI's ``"name.png [output]"`` → (``"name.png"``, ``"output"``)."""
-    for suffix, kind in ANNOTATIONS.items():
-        if name.endswith(suffix):
-            return name[: -len(suffix)], kind
-    return name, None
 
 
 def _bad(text: str, status: int = 400) -> web.Response:
@@ -61,9 +54,9 @@ class Files:
         base = self.folders.get(kind)
         if base is None:
             return _bad(f"type must be one of {', '.join(FOLDER_TYPES)}")
-        if query.get("subfolder") and safe_join(base, query["subfolder"], allow_root=True) is None:
+        if query.get("subfolder") and contained_path(base, query["subfolder"], allow_root=True) is None:
             return _bad("subfolder is outside the folder", 403)
-        path = safe_join(base, query.get("subfolder"), name)
+        path = contained_path(base, query.get("subfolder"), name)
         if path is None:
             return _bad("invalid file name")
         if not path.is_file():
@@ -161,7 +154,7 @@ class Files:
         if filename is None:
             return _bad(f"invalid file name {image.filename!r}")
         subfolder = str(post.get("subfolder") or "")
-        folder = safe_join(base, subfolder, allow_root=True)
+        folder = contained_path(base, subfolder, allow_root=True)
         if folder is None:
             return _bad("subfolder is outside the folder", 403)
         data = image.file.read()
@@ -176,7 +169,7 @@ class Files:
         stem, suffix = os.path.splitext(filename)
         candidate, i = filename, 1
         while True:
-            target = safe_join(base, subfolder, candidate)
+            target = contained_path(base, subfolder, candidate)
             if target is None or target.parent != folder:  # e.g. a symlink named like the file, leading out
                 return _bad("invalid file name")
             if not target.exists() or overwrite:
@@ -206,7 +199,7 @@ class Files:
         base = self.folders.get(kind or ref.get("type") or "output")
         if base is None:
             raise ImageRejected("original_ref has an unknown type")
-        original = safe_join(base, ref.get("subfolder") or "", name)
+        original = contained_path(base, ref.get("subfolder") or "", name)
         if original is None:
             raise ImageRejected("original_ref points outside the folders", 403)
         if not original.is_file():

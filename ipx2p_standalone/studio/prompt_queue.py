@@ -12,7 +12,6 @@ as ``ipx2p run`` uses it.
 from __future__ import annotations
 
 import copy
-import gc
 import heapq
 import itertools
 import logging
@@ -21,7 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .hub import Hub, encode_preview
+from .events import Hub, encode_preview
 
 log = logging.getLogger(__name__)
 
@@ -273,20 +272,7 @@ class Worker(threading.Thread):
         free_memory = bool(flags.get("free_memory"))
         if flags.get("unload_models", free_memory) or free_memory:
             # Loaded models live in the runner's cached outputs (the Load Model node's output) and in the engine's
-            # model cache: dropping both releases them.
+            # model cache: dropping the first here and the second through the host releases them.
             self.runner.clear_cache()
-            try:
-                from ipx2p_core import MODEL_CACHE
-
-                MODEL_CACHE.clear()
-            except Exception:  # noqa: BLE001
-                log.exception("Could not clear the model cache")
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:  # noqa: BLE001
-                pass
+            self.runner.host.free_memory()
             log.info("Freed memory (unload_models=%s, free_memory=%s)", flags.get("unload_models"), free_memory)

@@ -1,7 +1,7 @@
 """The HTTP API the ComfyUI frontend speaks (ComfyUI 0.3.64's routes), each served with and without ``/api``.
 
 Handlers are thin: the queue and worker live in :mod:`.prompt_queue`, files in :mod:`.files` and :mod:`.userdata`,
-the websocket in :mod:`.hub`. Anything slow (validation, ``INPUT_TYPES`` walking model folders, image conversion)
+the websocket in :mod:`.events`. Anything slow (validation, ``INPUT_TYPES`` walking model folders, image conversion)
 runs in a thread so the event loop keeps serving the page and the socket.
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .security import safe_join
+from ipx2p_core.paths import contained_path
 
 if TYPE_CHECKING:
     from .app import Studio
@@ -310,7 +310,7 @@ class Api:
         return web.json_response([])
 
     async def i18n(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._in_thread(self.studio.translations))
+        return web.json_response({})  # the pack ships no translations; the frontend has its own built in
 
     # ------------------------------------------------------------------------------------------------ models
 
@@ -360,7 +360,7 @@ class Api:
             from .security import open_checked_image
 
             for suffix in PREVIEW_SUFFIXES:
-                path = safe_join(root, stem + suffix)
+                path = contained_path(root, stem + suffix)
                 if path is not None and path.is_file():
                     import io
 

@@ -1,9 +1,9 @@
 """What keeps the studio's files and queue to the person at the keyboard.
 
-* :func:`safe_join` turns user-supplied names (query parameters, multipart file names, URL segments) into a path
-  inside one folder, or None. It refuses ``..`` segments, absolute and drive-letter paths, NUL bytes and backslash
-  tricks (a backslash counts as a separator, as it would on Windows), and resolves symlinks so that a link placed
-  inside a folder cannot lead out of it.
+* User-supplied names (query parameters, multipart file names, URL segments) become paths inside one folder
+  through :func:`ipx2p_core.paths.contained_path` (the one rule set the whole project uses: no ``..``, absolute or
+  drive-letter paths, NUL bytes or backslash tricks), with symlinks resolved so that a link placed inside a folder
+  cannot lead out of it. :func:`safe_filename` accepts plain upload file names only.
 * :func:`origin_middleware` refuses requests a web page on another site makes to this server: when a request
   carries an ``Origin`` header, its host (and port, when both sides name one) must equal the ``Host`` header, as
   ComfyUI does for loopback hosts. We apply it to every host and also refuse ``Origin: null`` (sandboxed frames),
@@ -20,7 +20,6 @@ import ipaddress
 import io
 import logging
 import os
-import re
 import socket
 import tempfile
 import urllib.parse
@@ -28,52 +27,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ipx2p_core.paths import split_user_path
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels: any camera photo, never a decompression bomb
-
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def split_user_path(*parts: str | None) -> list[str] | None:
-    """The segments of a user-supplied relative path (parts joined with '/'), or None when it could escape."""
-    segments: list[str] = []
-    for part in parts:
-        if not part:
-            continue
-        if not isinstance(part, str) or "\x00" in part:
-            return None
-        text = part.replace("\\", "/")
-        if text.startswith("/") or _DRIVE.match(text):
-            return None
-        for seg in text.split("/"):
-            if seg in ("", "."):
-                continue
-            if seg == ".." or _DRIVE.match(seg):
-                return None
-            segments.append(seg)
-    return segments
-
-
-def within(root: Path, path: Path) -> bool:
-    """Whether ``path`` (symlinks resolved) is ``root`` or inside it."""
-    root = root.resolve()
-    path = path.resolve()
-    return path == root or path.is_relative_to(root)
-
-
-def safe_join(root: str | os.PathLike, *parts: str | None, allow_root: bool = False) -> Path | None:
-    """``root/parts...`` with every symlink resolved, or None when the name is unsafe or leads outside ``root``."""
-    segments = split_user_path(*parts)
-    if segments is None or (not segments and not allow_root):
-        return None
-    base = Path(root).resolve()
-    candidate = base.joinpath(*segments).resolve()
-    if candidate != base and not candidate.is_relative_to(base):
-        return None
-    return candidate
-
 
 def safe_filename(name: str | None) -> str | None:
     """An uploaded file's name if it is a plain file name (no folders, no tricks), else None."""

@@ -3,7 +3,7 @@
 One user ("default", as ComfyUI without ``--multi-user``); files live in ``<user dir>/default/``: settings in
 ``comfy.settings.json``, workflows in ``workflows/``, the frontend's other files beside them. Names come URL-encoded
 (``workflows%2Fa.json``); as ComfyUI, a name still holding ``%`` after routing is decoded once more. Every name is
-checked with :func:`.security.safe_join`; writes go to a temporary file first and replace the target at once.
+checked with :func:`ipx2p_core.paths.contained_path`; writes go to a temporary file first and replace the target at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .security import ATOMIC_TMP_PREFIX, safe_join, within, write_atomic
+from ipx2p_core.paths import contained_path, within
+
+from .security import ATOMIC_TMP_PREFIX, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class UserData:
             return None
         if "%" in name:
             name = urllib.parse.unquote(name)
-        return safe_join(self.root, name, allow_root=allow_root)
+        return contained_path(self.root, name, allow_root=allow_root)
 
     def info(self, path: Path, relative_to: Path) -> dict:
         st = path.stat()
