@@ -48,6 +48,7 @@ import torch
 
 from .errors import IP2PError
 from .models import IP2PModel
+from .tensor_files import read_state_dict, read_tensors, resolve_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ __all__ = [
 ]
 
 UNET = "unet"
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 LORA_FILE_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 EMBEDDING_FILE_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth", ".ckpt")
@@ -134,7 +134,8 @@ class _BaseState:
         self.hooked = False
 
     def components(self, model: IP2PModel) -> dict[str, Any]:
-        return {UNET: model.unet, **dict(zip(TEXT_ENCODERS, model.text_encoders))}
+        encoders = {spec.folder: te for spec, te in zip(model.family.text_encoders, model.text_encoders)}
+        return {UNET: model.unet, **encoders}
 
     def refresh_layers(self, model: IP2PModel) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -276,55 +277,8 @@ def _embedding_tables(model: IP2PModel) -> list:
 # ------------------------------------------------------------------------------------------------ reading files
 
 
-def _read_tensors(path: Path, what: str, nested: bool = False) -> tuple[Any, dict | None]:
-    """Read a safetensors file or a weights-only pickle. Returns (data, safetensors metadata)."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata()
-            return load_file(str(path)), metadata
-        except Exception as exc:  # safetensors raises several types for truncated or garbled headers
-            raise IP2PError(
-                f"Could not read {what} {path} as safetensors ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
-                "The file is truncated or corrupt: download it again."
-            ) from None
-    safe = [torch.nn.ParameterDict, torch.nn.Parameter] if nested else []
-    try:
-        with torch.serialization.safe_globals(safe):
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else text
-        detail = (detail.splitlines() or [type(exc).__name__])[0][:300]
-        if re.search(r"Unsupported global|Unsupported class|unrecognized function", text):
-            raise IP2PError(
-                f"Refusing to load {what} {path}: the pickle holds objects other than tensors ({detail}). Loading it "
-                "could run arbitrary code. Use a .safetensors version."
-            ) from None
-        raise IP2PError(
-            f"Could not read {what} {path} ({type(exc).__name__}: {detail}). The file is truncated, corrupt or not a "
-            f"{what} file."
-        ) from None
-    return data, None
-
-
-def _find_in_folder(path: Path, names: tuple[str, ...], what: str) -> Path:
-    for name in names:
-        if (path / name).is_file():
-            return path / name
-    raise IP2PError(f"{path} is a folder without {' or '.join(names)}; point at the {what} file itself.")
-
-
 def _resolve_file(path, names: tuple[str, ...], what: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise IP2PError(f"{what[0].upper() + what[1:]} file not found: {path} (looked for {p.resolve()}).")
-    if p.is_dir():
-        p = _find_in_folder(p, names, what)
-    return p.resolve()
+    return resolve_weights_file(path, names, what)
 
 
 # ------------------------------------------------------------------------------------------------------- LoRA
@@ -396,17 +350,19 @@ def _check_architecture(model: IP2PModel, facts: dict, source: str) -> None:
         sd_evidence.append("kohya 'lora_te_' keys (one text encoder)")
     if width in _SD_WIDTHS:
         sd_evidence.append(f"cross-attention width {width}")
-    fix = f"Use a LoRA trained for {'SDXL' if model.family.is_xl else 'SD 1.5'}."
-    if xl_evidence and not model.family.is_xl:
+    family = model.family
+    two_encoders = len(family.text_encoders) > 1  # SDXL-type: the kohya te1/te2 and second-encoder evidence fit
+    fix = f"Use a LoRA trained for {family.architecture}."
+    if xl_evidence and not two_encoders:
         raise IP2PError(
-            f"{source} is an SDXL LoRA ({', '.join(xl_evidence)}), but the model is {model.family.label} "
-            f"(SD 1.5 architecture, cross-attention width {model_width}). {fix}"
+            f"{source} is an SDXL LoRA ({', '.join(xl_evidence)}), but the model is {family.label} "
+            f"({family.architecture} architecture, cross-attention width {model_width}). {fix}"
         )
-    if sd_evidence and not xl_evidence and model.family.is_xl:
+    if sd_evidence and not xl_evidence and two_encoders:
         label = _SD_WIDTHS.get(width, "SD 1.x")
         raise IP2PError(
-            f"{source} is an {label} LoRA ({', '.join(sd_evidence)}), but the model is {model.family.label} "
-            f"(SDXL architecture, cross-attention width {model_width}). {fix}"
+            f"{source} is an {label} LoRA ({', '.join(sd_evidence)}), but the model is {family.label} "
+            f"({family.architecture} architecture, cross-attention width {model_width}). {fix}"
         )
     if width is not None and width != model_width:
         lora_label = _XL_WIDTHS.get(width) or _SD_WIDTHS.get(width) or "another architecture"
@@ -467,9 +423,7 @@ def apply_lora(
     with state.lock, torch.inference_mode(False), torch.no_grad():
         if adapter not in state.injected:
             if path is not None:
-                sd, metadata = _read_tensors(path, "LoRA")
-                if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                    raise IP2PError(f"{path} does not hold a flat dictionary of tensors; it is not a LoRA file.")
+                sd, metadata = read_state_dict(path, "LoRA")
                 meta = _lora_metadata(metadata)
             else:
                 sd, meta = {k: (v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v)
@@ -510,9 +464,10 @@ def _lora_metadata(metadata: dict | None) -> dict | None:
 
 
 def _mixin(model: IP2PModel):
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+    """The family's diffusers LoRA loader mixin (its classmethods convert, inject and save)."""
+    import diffusers.loaders
 
-    return StableDiffusionXLLoraLoaderMixin if model.family.is_xl else StableDiffusionLoraLoaderMixin
+    return getattr(diffusers.loaders, model.family.lora_loader)
 
 
 @contextlib.contextmanager
@@ -565,8 +520,7 @@ def _inject(model: IP2PModel, state: _BaseState, sd: dict, adapter: str, source:
         )
 
     components = state.components(model)
-    prefixes = [UNET, *TEXT_ENCODERS[: len(model.text_encoders)]]
-    parts: dict[str, dict] = {p: {} for p in prefixes}
+    parts: dict[str, dict] = {p: {} for p in components}
     stray: set[str] = set()
     for k, v in converted.items():
         head = k.split(".", 1)[0]
@@ -829,7 +783,7 @@ def apply_embedding(model: IP2PModel, path: str | os.PathLike, name: str | None 
     Neither the shared tokenizers nor the text encoders change.
     """
     p = _resolve_file(path, EMBEDDING_FILE_NAMES, "embedding")
-    data, _ = _read_tensors(p, "embedding", nested=True)
+    data, _ = read_tensors(p, "embedding", nested=True)
     file_token, parts = _parse_embedding(data, p)
     name = name if name else (p.parent.name if p.name in EMBEDDING_FILE_NAMES else p.stem)
     key = _norm_name(name)
@@ -1034,26 +988,19 @@ def save_lora_stack(model: IP2PModel, path: str | os.PathLike) -> Path:
         folder, weight_name = path, LORA_FILE_NAMES[0]
     state = _state(model)
     with state.lock:
-        comps = state.components(model)
         stacks = {}
-        for component, module in comps.items():
+        for component, module in state.components(model).items():
             names, weights = _component_weights(model.loras, component)
             stacks[component] = _stack_component(module, list(zip(names, weights))) if names else {}
-    for i, component in enumerate(TEXT_ENCODERS[: len(model.text_encoders)]):
-        if stacks.get(component) and not hasattr(model.text_encoders[i], "text_model"):
+    for spec, encoder in zip(model.family.text_encoders, model.text_encoders):
+        if stacks.get(spec.folder) and not hasattr(encoder, "text_model"):
             # write the unflattened CLIP names every diffusers version reads
-            stacks[component] = {f"text_model.{k}": v for k, v in stacks[component].items()}
+            stacks[spec.folder] = {f"text_model.{k}": v for k, v in stacks[spec.folder].items()}
     if not any(stacks.values()):
         raise IP2PError("All of this model's LoRAs have strength 0; there is nothing to save.")
-    kwargs = dict(
-        save_directory=str(folder),
-        unet_lora_layers=stacks.get(UNET) or None,
-        text_encoder_lora_layers=stacks.get("text_encoder") or None,
-        weight_name=weight_name,
-        safe_serialization=True,
-    )
-    if model.family.is_xl:
-        kwargs["text_encoder_2_lora_layers"] = stacks.get("text_encoder_2") or None
+    # save_lora_weights takes one <component>_lora_layers argument per component of the family's pipeline
+    layers = {f"{component}_lora_layers": stack or None for component, stack in stacks.items()}
+    kwargs = dict(save_directory=str(folder), weight_name=weight_name, safe_serialization=True, **layers)
     folder.mkdir(parents=True, exist_ok=True)
     _mixin(model).save_lora_weights(**kwargs)
     return folder / weight_name
@@ -1116,7 +1063,8 @@ def save_merged_model(model: IP2PModel, path: str | os.PathLike, format: str = "
     with state.lock:
         state.activate(model)
         unet_sd = _merged_state_dict(model.unet, UNET, model)
-        te_sds = [_merged_state_dict(te, TEXT_ENCODERS[i], model) for i, te in enumerate(model.text_encoders)]
+        te_sds = [_merged_state_dict(te, spec.folder, model)
+                  for spec, te in zip(model.family.text_encoders, model.text_encoders)]
     if format == "single_file":
         if path.suffix.lower() != ".safetensors":
             path = path.with_suffix(".safetensors")
@@ -1127,8 +1075,7 @@ def save_merged_model(model: IP2PModel, path: str | os.PathLike, format: str = "
                 UserWarning,
                 stacklevel=2,
             )
-        family = model.family.value
-        save_single_file(path, unet_sd, model.vae, tuple(te_sds), family)
+        save_single_file(path, unet_sd, model.vae, tuple(te_sds), model.family.name)
         return path
     _save_diffusers_folder(model, path, unet_sd, te_sds)
     return path
@@ -1146,9 +1093,9 @@ def _save_diffusers_folder(model: IP2PModel, folder: Path, unet_sd: dict, te_sds
     save_file({k: _for_safetensors(v) for k, v in unet_sd.items()}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"),
               metadata={"format": "pt"})
     model.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
-    classes = ["CLIPTextModel", "CLIPTextModelWithProjection"]
-    for i, (te, sd) in enumerate(zip(model.text_encoders, te_sds)):
-        sub = folder / TEXT_ENCODERS[i]
+    family = model.family
+    for i, (spec, te, sd) in enumerate(zip(family.text_encoders, model.text_encoders, te_sds)):
+        sub = folder / spec.folder
         sub.mkdir(exist_ok=True)
         sd, vocab = _with_embeddings(sd, model, i)
         config = copy.deepcopy(te.config)
@@ -1157,30 +1104,23 @@ def _save_diffusers_folder(model: IP2PModel, folder: Path, unet_sd: dict, te_sds
         config.architectures = [type(te).__name__]
         config.save_pretrained(str(sub))
         save_file({k: _for_safetensors(v) for k, v in sd.items()}, str(sub / "model.safetensors"), metadata={"format": "pt"})
-        model.tokenizers[i].save_pretrained(str(folder / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}")))
+        model.tokenizers[i].save_pretrained(str(folder / spec.tokenizer_folder))
     sched = dict(model.scheduler_config)
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
     index: dict[str, Any] = {
-        "_class_name": "StableDiffusionXLInstructPix2PixPipeline" if model.family.is_xl else "StableDiffusionInstructPix2PixPipeline",
+        "_class_name": family.pipeline_class,
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", sched.get("_class_name", "EulerAncestralDiscreteScheduler")],
         "unet": ["diffusers", type(model.unet).__name__],
         "vae": ["diffusers", type(model.vae).__name__],
-        "text_encoder": ["transformers", classes[0]],
-        "tokenizer": ["transformers", type(model.tokenizers[0]).__name__],
     }
-    if model.family.is_xl:
-        index.update(
-            text_encoder_2=["transformers", classes[1]],
-            tokenizer_2=["transformers", type(model.tokenizers[1]).__name__],
-            force_zeros_for_empty_prompt=bool(model.force_zeros_for_empty_prompt),
-        )
-    else:
-        index.update(
-            safety_checker=[None, None], feature_extractor=[None, None], image_encoder=[None, None],
-            requires_safety_checker=False,
-        )
+    for spec, tokenizer in zip(family.text_encoders, model.tokenizers):
+        index[spec.folder] = ["transformers", spec.model_class]
+        index[spec.tokenizer_folder] = ["transformers", type(tokenizer).__name__]
+    if family.force_zeros_for_empty_prompt:  # only the pipelines that have the option default it to True
+        index["force_zeros_for_empty_prompt"] = bool(model.force_zeros_for_empty_prompt)
+    index.update(family.model_index_extra)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight InstructPix2Pix models for tests and benchmarks.
+"""Tiny random-weight InstructPix2Pix models for tests and benchmarks (bench scripts put tests/ on sys.path).
 
 Nothing here downloads anything: weights come from fixed seeds, the tokenizer from the CLIP BPE files shipped in
 ``configs/clip_tokenizer``. The shapes follow diffusers' own fast tests for the IP2P pipelines (8-channel UNet,
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .configs import CLIP_TOKENIZER_DIR
+from ipx2p_core.configs import CLIP_TOKENIZER_DIR
 
 # Real SD 1.5 UNet configuration (timbrooks/instruct-pix2pix), used by the full-size parity test and benchmark.
 SD15_UNET_FULL = dict(
@@ -159,10 +159,10 @@ def tiny_sdxl_components(scheduler: str = "euler_a", cosxl: bool = False) -> dic
 
 
 def default_scheduler(family: str, name: str):
-    from .models import FAMILY_SCHEDULER_CONFIGS
-    from .schedulers import make_scheduler
+    from ipx2p_core.families import get_family
+    from ipx2p_core.schedulers import make_scheduler
 
-    return make_scheduler(name, FAMILY_SCHEDULER_CONFIGS[family])
+    return make_scheduler(name, get_family(family).scheduler_config())
 
 
 _TOKENIZER_CACHE: dict[str, object] = {}
