@@ -167,7 +167,7 @@ def main():
                 sync(device)
                 runs.append(time.perf_counter() - t0)
             edit_times[name] = statistics.median(runs)
-        n_layers = sum(len(v) for v in adapters._state(model).layers.values())
+        n_layers = sum(len(v) for v in adapters.state_of(model).layers.values())
         unet_mib = sum(p.numel() * p.element_size() for p in model.unet.parameters()) / 2**20
         te_mib = sum(p.numel() * p.element_size() for p in model.text_encoders[0].parameters()) / 2**20
         del model, branches

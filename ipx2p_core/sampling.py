@@ -204,7 +204,8 @@ class _Cell:
         else:
             latents = cell_noise * scheduler.init_noise_sigma
         plans = _step_plans(s, base, len(timesteps))
-        return cls(s, scheduler, generator, cell_noise, latents, plans, _step_kwargs(scheduler, generator, s.eta)), timesteps
+        cell = cls(s, scheduler, generator, cell_noise, latents, plans, _step_kwargs(scheduler, generator, s.eta))
+        return cell, timesteps
 
     def step(self, predictions: dict, i: int, t, region: "_KeptRegion | None") -> None:
         """Guide this cell's noise predictions (one per pass) and advance its scheduler by step ``i``."""

@@ -82,7 +82,9 @@ def tensor_shapes(path: Path, wanted: tuple[str, ...]) -> dict[str, tuple]:
             with safe_open(str(path), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(wanted)}
         except Exception as exc:
-            raise IP2PError(f"Could not read {path} ({type(exc).__name__}: {exc}); the file is truncated or corrupt.") from None
+            raise IP2PError(
+                f"Could not read {path} ({type(exc).__name__}: {exc}); the file is truncated or corrupt."
+            ) from None
     return {k: tuple(v.shape) for k, v in read_state_dict(path)[0].items() if k.endswith(wanted)}
 
 

@@ -83,7 +83,8 @@ def _encode_last_state(model: IP2PModel, texts: list[str]) -> torch.Tensor:
     return encoder(ids, attention_mask=mask)[0].to(model.dtype)
 
 
-def _encode_penultimate_pooled(model: IP2PModel, texts: list[str], texts_2: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_penultimate_pooled(model: IP2PModel, texts: list[str],
+                               texts_2: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL: every encoder's penultimate hidden state, concatenated, and the projection encoder's pooled embedding."""
     states, pooled = [], None
     for i, (tokenizer, encoder, batch) in enumerate(zip(model.tokenizers, model.text_encoders, (texts, texts_2))):
