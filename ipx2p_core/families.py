@@ -3,7 +3,8 @@
 Every stage reads the row of its model (``model.family``): the loaders (detection, config folder, text encoders,
 scheduler config), text encoding (recipe), sampling (added conditioning), image encoding (latent scale), previews,
 LoRA loading and export (diffusers loader mixin, pipeline class), single-file layout (key prefixes, extra keys).
-Adding a family is one ``register(FamilySpec(...))`` plus its diffusers-layout config folder, as ComfyUI's
+Adding a family is one ``register(FamilySpec(...))`` (or ``register(replace(SD15, name=..., ...))`` for a family
+that differs from one in a few facts) plus its diffusers-layout config folder, as ComfyUI's
 ``comfy/supported_models.py`` holds one class per model.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .configs import CONFIGS_DIR
 from .errors import IP2PError
+from .schedulers import SCHEDULERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models import WeightFacts
@@ -51,7 +53,7 @@ class FamilySpec:
 
     name: str  # the id users type (--family, the loader node): sd15
     label: str  # what messages call it: SD 1.5 InstructPix2Pix
-    architecture: str  # the base model it is built on; LoRAs, embeddings and a forced family must match it
+    architecture: str  # the base model it is built on; LoRA checks name it, and a forced family must match it
     config_dir: Path  # diffusers-layout configs (no weights) for building a model from a single file
     detect: Callable[["WeightFacts"], bool]  # does a UNet with these facts belong to this family?
     text_encoders: tuple[TextEncoderSpec, ...]
@@ -95,6 +97,10 @@ def register(spec: FamilySpec) -> FamilySpec:
     if spec.text_recipe not in (LAST_STATE, PENULTIMATE_POOLED) or spec.added_conditioning not in (None, TEXT_TIME):
         raise ValueError(f"Family {spec.name!r}: unknown text recipe {spec.text_recipe!r} or added conditioning "
                          f"{spec.added_conditioning!r}; see the constants at the top of families.py.")
+    scheduler = SCHEDULERS.get(spec.default_scheduler)
+    if scheduler is None or scheduler.edm != spec.edm:
+        raise ValueError(f"Family {spec.name!r}: its default scheduler {spec.default_scheduler!r} is not a "
+                         f"{'EDM' if spec.edm else 'discrete-timestep'} scheduler of schedulers.SCHEDULERS.")
     if not (spec.config_dir / "unet" / "config.json").is_file():
         raise ValueError(f"Family {spec.name!r}: its config folder {spec.config_dir} has no unet/config.json.")
     _FAMILIES[spec.name] = spec

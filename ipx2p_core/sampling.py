@@ -238,7 +238,7 @@ class _UNetBatch:
     with image guidance 1 bring no rows of the last pass."""
 
     segments: list[tuple[int, str]]  # (cell, pass) per segment
-    rows: int  # rows per segment
+    rows_per_segment: int
     latent_channels: int
     inputs: torch.Tensor  # reused every step: noisy latents in the first channels, image latents after them
     text_states: torch.Tensor
@@ -262,7 +262,7 @@ class _UNetBatch:
         return cls(segments, rows.count, channels, inputs, text_states, added)
 
     def segment(self, k: int) -> slice:
-        return slice(k * self.rows, (k + 1) * self.rows)
+        return slice(k * self.rows_per_segment, (k + 1) * self.rows_per_segment)
 
     def predict(self, model: IP2PModel, cells: list[_Cell], t) -> list[dict[str, torch.Tensor]]:
         """Every cell's noise predictions at step ``t``, by pass."""
@@ -277,12 +277,12 @@ class _UNetBatch:
             first: dict[str, int] = {}  # pass -> its first segment
             for k, (_, p) in enumerate(self.segments):
                 first.setdefault(p, k)
-            rows = torch.cat([torch.arange(k * self.rows, (k + 1) * self.rows) for k in first.values()])
-            rows = rows.to(model.device)
-            added = None if self.added is None else {key: v[rows] for key, v in self.added.items()}
-            noise_pred = model.unet(self.inputs[rows], t, encoder_hidden_states=self.text_states[rows],
+            shared = torch.cat([torch.arange(self.segment(k).start, self.segment(k).stop) for k in first.values()])
+            shared = shared.to(model.device)
+            added = None if self.added is None else {key: v[shared] for key, v in self.added.items()}
+            noise_pred = model.unet(self.inputs[shared], t, encoder_hidden_states=self.text_states[shared],
                                     added_cond_kwargs=added, return_dict=False)[0]
-            by_pass = dict(zip(first, noise_pred.split(self.rows)))
+            by_pass = dict(zip(first, noise_pred.split(self.rows_per_segment)))
             for c, p in self.segments:
                 predictions[c][p] = by_pass[p]
         else:

@@ -75,7 +75,9 @@ def test_registry_errors():
         register(replace(SD15, name="nowhere", config_dir=SD15.config_dir / "nowhere"))
     with pytest.raises(ValueError, match="unknown text recipe 'bag_of_words'"):
         register(replace(SD15, name="bow", text_recipe="bag_of_words"))
-    assert "nowhere" not in family_names() and "bow" not in family_names()
+    with pytest.raises(ValueError, match="default scheduler 'edm_euler' is not a discrete-timestep scheduler"):
+        register(replace(SD15, name="mixed", default_scheduler="edm_euler"))
+    assert not {"nowhere", "bow", "mixed"} & set(family_names())
 
 
 # ------------------------------------------------------------------------------------ a new family is one row

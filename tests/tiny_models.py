@@ -41,13 +41,7 @@ TINY_UNET = dict(
 )
 
 TINY_SDXL_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    sample_size=32,
-    in_channels=8,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    TINY_UNET,
     attention_head_dim=(2, 4),
     use_linear_projection=True,
     addition_embed_type="text_time",
