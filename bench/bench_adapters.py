@@ -39,9 +39,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import adapter_files as af  # noqa: E402
+import tiny_models  # noqa: E402
 from bench_engine import PeakMemory  # noqa: E402
 
-from ipx2p_core import SamplerSettings, adapters, apply_lora, load_model, testing  # noqa: E402
+from ipx2p_core import SamplerSettings, adapters, apply_lora, load_model  # noqa: E402
 from ipx2p_core.ldm_layout import save_single_file  # noqa: E402
 from ipx2p_core.pipeline import edit  # noqa: E402
 
@@ -49,8 +50,8 @@ from ipx2p_core.pipeline import edit  # noqa: E402
 def build_model_file(size: str, folder: Path) -> tuple[Path, Path | None]:
     """(model file, config folder or None) for the chosen size, written with random weights."""
     if size == "tiny":
-        comps = testing.tiny_sd_components()
-        cfg = testing.save_diffusers_folder(comps, folder / "tiny_cfg", sdxl=False)
+        comps = tiny_models.tiny_sd_components()
+        cfg = tiny_models.save_diffusers_folder(comps, folder / "tiny_cfg", sdxl=False)
     else:
         from bench_engine import full_sd15_components
 
@@ -166,7 +167,7 @@ def main():
                 sync(device)
                 runs.append(time.perf_counter() - t0)
             edit_times[name] = statistics.median(runs)
-        n_layers = sum(len(v) for v in adapters._state(model).layers.values())
+        n_layers = sum(len(v) for v in adapters.state_of(model).layers.values())
         unet_mib = sum(p.numel() * p.element_size() for p in model.unet.parameters()) / 2**20
         te_mib = sum(p.numel() * p.element_size() for p in model.text_encoders[0].parameters()) / 2**20
         del model, branches

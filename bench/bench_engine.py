@@ -27,9 +27,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ipx2p_core import SamplerSettings, testing  # noqa: E402
-from ipx2p_core.models import FAMILY_SCHEDULER_CONFIGS, Family, _finish  # noqa: E402
+import tiny_models  # noqa: E402
+
+from ipx2p_core import SamplerSettings  # noqa: E402
+from ipx2p_core.families import SD15  # noqa: E402
+from ipx2p_core.models import _finish  # noqa: E402
 from ipx2p_core.pipeline import edit  # noqa: E402
 from ipx2p_core.schedulers import make_scheduler  # noqa: E402
 
@@ -80,14 +84,12 @@ def full_sd15_components(device):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ipx2p_core.configs import family_config_dir
-
-    cfg = family_config_dir("sd15")
+    cfg = SD15.config_dir
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(cfg / "unet")))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(cfg / "vae")))
     te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(cfg / "text_encoder")))
-    return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=testing._tokenizer(), safety_checker=None,
+    return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=tiny_models._tokenizer(), safety_checker=None,
                 feature_extractor=None, image_encoder=None, requires_safety_checker=False)
 
 
@@ -96,9 +98,9 @@ def bench_case(name, comps, image, steps, runs, device, pairs):
 
     for key in ("unet", "vae", "text_encoder"):
         comps[key] = comps[key].to(device).eval()
-    base = FAMILY_SCHEDULER_CONFIGS["sd15"]
+    base = SD15.scheduler_config()
     stock_unet = copy.deepcopy(comps["unet"])  # before _finish installs the engine's speed-ups on its own modules
-    model = _finish(Family.SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
+    model = _finish(SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
                     base, torch.float32, device, name, False, {})
     pipe = StableDiffusionInstructPix2PixPipeline(**{**comps, "unet": stock_unet,
                                                       "scheduler": make_scheduler("euler_a", base)})
@@ -150,7 +152,7 @@ def main():
     rows = []
     if args.only in (None, "tiny"):
         img = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
-        rows += bench_case("tiny SD", testing.tiny_sd_components(), img, args.tiny_steps, args.runs, device, pairs)
+        rows += bench_case("tiny SD", tiny_models.tiny_sd_components(), img, args.tiny_steps, args.runs, device, pairs)
     if args.only in (None, "full"):
         img = Image.fromarray(rng.randint(0, 255, (256, 256, 3), dtype=np.uint8))
         rows += bench_case("SD 1.5 full, 256²", full_sd15_components(device), img, args.full_steps, args.runs,

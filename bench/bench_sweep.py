@@ -20,11 +20,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import tiny_models  # noqa: E402
 from bench_engine import full_sd15_components  # noqa: E402
 
-from ipx2p_core import SamplerSettings, testing  # noqa: E402
-from ipx2p_core.models import FAMILY_SCHEDULER_CONFIGS, Family, _finish  # noqa: E402
+from ipx2p_core import SamplerSettings  # noqa: E402
+from ipx2p_core.families import SD15  # noqa: E402
+from ipx2p_core.models import _finish  # noqa: E402
 from ipx2p_core.pipeline import edit, guidance_sweep  # noqa: E402
 
 TEXTS, IMAGES = [5.0, 7.5, 10.0], [1.0, 1.5, 2.0]
@@ -33,8 +36,8 @@ TEXTS, IMAGES = [5.0, 7.5, 10.0], [1.0, 1.5, 2.0]
 def case(name, comps, image, steps, runs, device):
     for key in ("unet", "vae", "text_encoder"):
         comps[key] = comps[key].to(device).eval()
-    model = _finish(Family.SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
-                    FAMILY_SCHEDULER_CONFIGS["sd15"], torch.float32, device, name, False, {})
+    model = _finish(SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
+                    SD15.scheduler_config(), torch.float32, device, name, False, {})
     s = SamplerSettings(steps=steps, seed=0)
 
     def grid():
@@ -71,7 +74,7 @@ def main():
     rng = np.random.RandomState(0)
     if args.only in (None, "tiny"):
         img = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
-        case("tiny SD", testing.tiny_sd_components(), img, args.tiny_steps, args.runs, device)
+        case("tiny SD", tiny_models.tiny_sd_components(), img, args.tiny_steps, args.runs, device)
     if args.only in (None, "full"):
         img = Image.fromarray(rng.randint(0, 255, (256, 256, 3), dtype=np.uint8))
         case("SD 1.5 full, 256²", full_sd15_components(device), img, args.full_steps, args.runs, device)

@@ -16,7 +16,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ipx2p_core import SamplerSettings, load_model, testing  # noqa: E402
+import tiny_models  # noqa: E402
+
+from ipx2p_core import SamplerSettings, load_model  # noqa: E402
 from ipx2p_core.pipeline import edit  # noqa: E402
 
 
@@ -26,8 +28,8 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.RandomState(0)
     img = Image.fromarray(rng.randint(0, 255, (48, 64, 3), dtype=np.uint8))
-    sd_dir = testing.save_diffusers_folder(testing.tiny_sd_components(), tmp / "sd", sdxl=False)
-    xl_dir = testing.save_diffusers_folder(testing.tiny_sdxl_components(), tmp / "xl", sdxl=True)
+    sd_dir = tiny_models.save_diffusers_folder(tiny_models.tiny_sd_components(), tmp / "sd", sdxl=False)
+    xl_dir = tiny_models.save_diffusers_folder(tiny_models.tiny_sdxl_components(), tmp / "xl", sdxl=True)
     from parity_helpers import diffusers_pipeline, max_diff, run_diffusers, run_engine
 
     s = dict(steps=4, g_text=7.5, g_image=1.5, scheduler="euler_a", seed=3)

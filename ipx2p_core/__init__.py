@@ -7,12 +7,13 @@
     pixels = decode_latents(model, latents.samples)          # [B, H, W, 3] float in 0..1
 """
 
-from . import defaults
+from . import defaults, families
 from .adapters import apply_embedding, apply_lora, save_lora_stack, save_merged_model
 from .errors import Cancelled, IP2PError
+from .families import Family, FamilySpec, family_names, get_family
 from .guidance import plan_guidance
 from .image import ImageLatents, ResizePolicy, decode_latents, encode_image, images_to_pil, latents_to_preview
-from .models import MODEL_CACHE, Family, IP2PModel, load_model
+from .models import MODEL_CACHE, IP2PModel, load_model
 from .pipeline import EditResult, edit, edit_chain, guidance_sweep
 from .sampling import Latents, SamplerSettings, sample, sweep
 from .schedulers import SCHEDULERS, scheduler_names
@@ -30,7 +31,11 @@ __all__ = [
     "images_to_pil",
     "latents_to_preview",
     "MODEL_CACHE",
+    "families",
     "Family",
+    "FamilySpec",
+    "family_names",
+    "get_family",
     "IP2PModel",
     "load_model",
     "EditResult",

@@ -32,10 +32,6 @@ class GuidancePlan:
     image_scale: float
     rescale: float = 0.0
 
-    def combine(self, noise_pred: torch.Tensor) -> torch.Tensor:
-        """Guided noise from one UNet output holding this plan's passes, in order."""
-        return self.apply(dict(zip(self.passes, noise_pred.chunk(len(self.passes)))))
-
     def apply(self, chunks: dict) -> torch.Tensor:
         """Guided noise from the predictions of each pass (extra passes in ``chunks`` are ignored)."""
         eps_t = chunks[TEXT]

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from . import defaults
 from .errors import IP2PError
+from .families import FamilySpec, get_family
 from .masks import EditRegion, composite, latent_mask, process_mask
 from .models import IP2PModel
 
@@ -249,7 +250,7 @@ def encode_image(
         scale=model.image_latent_scale,
         original_size=original,
         size=(int(x.shape[-2]), int(x.shape[-1])),
-        family=model.family.value,
+        family=model.family.name,
         region=region,
     )
 
@@ -331,22 +332,10 @@ def _composite_region(images: torch.Tensor, region: EditRegion) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------------------- latent previews
 
-# Linear latent → RGB approximations (least-squares fits of VAE decodes; widely used for sampler previews).
-_PREVIEW_FACTORS = {
-    "sd15": (
-        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
-        [0.0, 0.0, 0.0],
-    ),
-    "xl": (
-        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
-        [0.1084, -0.0175, -0.0011],
-    ),
-}
-
-
-def latents_to_preview(latents: torch.Tensor, family: str = "sd15", max_size: int = 512) -> list[Image.Image]:
+def latents_to_preview(latents: torch.Tensor, family: "str | FamilySpec" = "sd15",
+                       max_size: int = 512) -> list[Image.Image]:
     """A cheap RGB preview of (scaled) latents, one PIL image per batch item, at most ``max_size`` on a side."""
-    factors, bias = _PREVIEW_FACTORS["sd15" if family == "sd15" else "xl"]
+    factors, bias = get_family(family).preview_factors
     lat = latents[:, :4].detach().float().cpu()
     rgb = torch.einsum("bchw,cr->bhwr", lat, torch.tensor(factors)) + torch.tensor(bias)
     rgb = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .families import CLIP, CLIP_L_SD, CLIP_L_XL, COSXL, OPEN_CLIP_BIGG_XL, get_family
+
 __all__ = [
     "UNET_PREFIX",
     "VAE_PREFIX",
@@ -37,7 +39,6 @@ __all__ = [
     "COSXL_SIGMA_MAX",
     "COSXL_SIGMA_MIN",
     "OPEN_CLIP_LOGIT_SCALE",
-    "FAMILIES",
     "unet_to_ldm",
     "vae_to_ldm",
     "clip_l_to_ldm",
@@ -48,18 +49,15 @@ __all__ = [
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-SD15_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
-SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
-
-# CosXL files carry their EDM sigma range as two scalar tensors (ComfyUI reads them to pick the v-pred EDM sampler).
-COSXL_SIGMA_MAX = 120.0
-COSXL_SIGMA_MIN = 0.002
+# Text encoder prefixes and extra keys differ per family: they live in the family table (families.py).
+SD15_CLIP_PREFIX = CLIP_L_SD.ldm_prefix + "text_model."
+SDXL_CLIP_L_PREFIX = CLIP_L_XL.ldm_prefix + "text_model."
+SDXL_OPEN_CLIP_PREFIX = OPEN_CLIP_BIGG_XL.ldm_prefix
+COSXL_SIGMA_MAX = COSXL.ldm_extra["edm_vpred.sigma_max"]
+COSXL_SIGMA_MIN = COSXL.ldm_extra["edm_vpred.sigma_min"]
 # ln(100): the (clamped) value of OpenCLIP's ``logit_scale`` as found in released SDXL files. Not part of any
 # diffusers text encoder; only written when asked for (see ``open_clip_to_ldm``).
 OPEN_CLIP_LOGIT_SCALE = math.log(100.0)
-
-FAMILIES = ("sd15", "sdxl", "cosxl")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,31 +455,28 @@ def to_single_file_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The full original-layout state dict of a model.
 
-    ``unet`` / ``vae`` / ``text_encoders``: torch modules (or their state dicts). ``family``: ``"sd15"`` (one text
-    encoder, a ``CLIPTextModel``) or ``"sdxl"`` / ``"cosxl"`` (``(CLIPTextModel, CLIPTextModelWithProjection)``).
-    ``"cosxl"`` adds ``edm_vpred.sigma_max`` = 120.0 and ``edm_vpred.sigma_min`` = 0.002 as CosXL files do.
-    ``extra``: more keys to write; they take precedence over the converted ones.
+    ``unet`` / ``vae`` / ``text_encoders``: torch modules (or their state dicts). ``family``: a family name
+    (``"sd15"``, ``"sdxl"``, ``"cosxl"``, any registered one); its row gives the text encoders' key prefixes and
+    layouts and the extra scalar keys (``"cosxl"``: ``edm_vpred.sigma_max`` = 120.0 and ``edm_vpred.sigma_min`` =
+    0.002, as CosXL files have). ``extra``: more keys to write; they take precedence over the converted ones.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    spec = get_family(family)
     if not isinstance(text_encoders, (tuple, list)):
         text_encoders = (text_encoders,)
-    expected = 1 if family == "sd15" else 2
-    if len(text_encoders) != expected:
-        raise ValueError(f"family {family!r} needs {expected} text encoder(s), got {len(text_encoders)}")
+    if len(text_encoders) != len(spec.text_encoders):
+        raise ValueError(f"family {family!r} needs {len(spec.text_encoders)} text encoder(s), got {len(text_encoders)}")
 
     unet_config = None if isinstance(unet, Mapping) else getattr(unet, "config", None)
     out: dict[str, torch.Tensor] = {}
     out.update(unet_to_ldm(_state_dict(unet), unet_config))
     out.update(vae_to_ldm(_state_dict(vae)))
-    if family == "sd15":
-        out.update(clip_l_to_ldm(_state_dict(text_encoders[0]), SD15_CLIP_PREFIX))
-    else:
-        out.update(clip_l_to_ldm(_state_dict(text_encoders[0]), SDXL_CLIP_L_PREFIX))
-        out.update(open_clip_to_ldm(_state_dict(text_encoders[1]), SDXL_OPEN_CLIP_PREFIX))
-    if family == "cosxl":
-        out["edm_vpred.sigma_max"] = torch.tensor(COSXL_SIGMA_MAX)
-        out["edm_vpred.sigma_min"] = torch.tensor(COSXL_SIGMA_MIN)
+    for encoder_spec, encoder in zip(spec.text_encoders, text_encoders):
+        if encoder_spec.ldm_layout == CLIP:
+            out.update(clip_l_to_ldm(_state_dict(encoder), encoder_spec.ldm_prefix + "text_model."))
+        else:  # OPEN_CLIP
+            out.update(open_clip_to_ldm(_state_dict(encoder), encoder_spec.ldm_prefix))
+    for key, value in spec.ldm_extra.items():
+        out[key] = torch.tensor(value)
     if extra:
         out.update(extra)
     return out

@@ -1,7 +1,9 @@
 """Loading InstructPix2Pix models: diffusers folders and single-file checkpoints, family detection, cache.
 
-The family (SD 1.5, SDXL, CosXL Edit) is read from the weights, never from labels: some MagicBrush folders claim to be
-a StableDiffusionPipeline, and diffusers' own single-file detection takes CosXL Edit for a 4-channel SDXL base.
+The family is read from the weights (``WeightFacts``, judged by the detection rules of the family table in
+families.py), never from labels: some MagicBrush folders claim to be a StableDiffusionPipeline, and diffusers' own
+single-file detection takes CosXL Edit for a 4-channel SDXL base. Everything else that differs per family (text
+encoders, key prefixes, configs, scheduler) comes from the family's row.
 """
 
 from __future__ import annotations
@@ -12,41 +14,29 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from .configs import CLIP_TOKENIZER_DIR, family_config_dir
+from .configs import CLIP_TOKENIZER_DIR
 from .errors import IP2PError
+from .families import CLIP, Family, FamilySpec, TextEncoderSpec, detect_family, family_names, get_family
+from .ldm_layout import UNET_PREFIX as UNET_LDM
+from .ldm_layout import VAE_PREFIX as VAE_LDM
+from .schedulers import is_edm_config
 from .speedups import install_speedups
+from .tensor_files import read_state_dict, tensor_shapes
 
 log = logging.getLogger(__name__)
 
-
-class Family(str, Enum):
-    SD15 = "sd15"
-    SDXL = "sdxl"
-    COSXL = "cosxl"
-
-    @property
-    def label(self) -> str:
-        return {"sd15": "SD 1.5 InstructPix2Pix", "sdxl": "SDXL InstructPix2Pix", "cosxl": "CosXL Edit"}[self.value]
-
-    @property
-    def is_xl(self) -> bool:
-        return self is not Family.SD15
+__all__ = ["Family", "FamilySpec", "IP2PModel", "WeightFacts", "load_model", "MODEL_CACHE"]
 
 
 def _read_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
-
-FAMILY_SCHEDULER_CONFIGS: dict[str, dict] = {
-    f.value: _read_json(family_config_dir(f.value) / "scheduler" / "scheduler_config.json") for f in Family
-}
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -59,7 +49,7 @@ class IP2PModel:
     Handles are immutable; adapters (LoRA, embeddings) produce new handles that share these modules.
     """
 
-    family: Family
+    family: FamilySpec
     unet: Any
     vae: Any
     text_encoders: tuple
@@ -86,11 +76,11 @@ class IP2PModel:
     @property
     def image_latent_scale(self) -> float:
         """CosXL Edit was trained on VAE-scaled image latents; SD 1.5 and SDXL IP2P on unscaled ones."""
-        return float(self.vae.config.scaling_factor) if self.family is Family.COSXL else 1.0
+        return float(self.vae.config.scaling_factor) if self.family.image_latents_scaled else 1.0
 
     @property
     def is_edm(self) -> bool:
-        return str(self.scheduler_config.get("_class_name", "")).startswith("EDM")
+        return is_edm_config(self.scheduler_config)
 
     @property
     def vae_dtype(self) -> torch.dtype:
@@ -105,50 +95,8 @@ class IP2PModel:
         return text
 
 
-# --------------------------------------------------------------------------------------------------- weights reading
-
-
-def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint: safetensors directly, pickles only through torch's weights-only unpickler."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises several types for truncated or garbled headers
-            raise IP2PError(
-                f"Could not read {path} as safetensors ({type(exc).__name__}: {exc}). The file is truncated or "
-                "corrupt: download it again and compare its size with the source."
-            ) from None
-    try:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-            data = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
-    except Exception as exc:
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "unpickl" in text.lower():
-            raise IP2PError(
-                f"Refusing to load {path}: the pickle contains objects other than tensors ({text.splitlines()[0]}). "
-                "Loading it could run arbitrary code. Use a .safetensors version of this model."
-            ) from None
-        raise IP2PError(
-            f"Could not read {path} as a PyTorch checkpoint ({type(exc).__name__}: {text.splitlines()[0] if text else ''}). "
-            "The file is truncated, corrupt or not a checkpoint."
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise IP2PError(f"{path} does not hold a flat dictionary of tensors; it is not a model checkpoint.")
-    return data
-
-
 # -------------------------------------------------------------------------------------------------- family detection
 
-UNET_LDM = "model.diffusion_model."
 
 
 @dataclass(frozen=True)
@@ -163,10 +111,9 @@ class WeightFacts:
     sigma_max: float | None = None
 
     @property
-    def family(self) -> Family:
-        if self.edm:
-            return Family.COSXL
-        return Family.SDXL if self.xl else Family.SD15
+    def family(self) -> FamilySpec | None:
+        """The family table's row for these weights (None: no family fits)."""
+        return detect_family(self)
 
     def describe(self) -> str:
         kind = "SDXL-type (two text encoders, pooled embedding)" if self.xl else "SD-1.x-type (one text encoder)"
@@ -215,42 +162,22 @@ def _unet_weights_file(folder: Path) -> Path | None:
     return None
 
 
-def _tensor_shapes(path: Path, wanted: tuple[str, ...]) -> dict[str, tuple]:
-    """Shapes of a few tensors, read from the file header where possible (no full load)."""
-    if path.name.endswith(".index.json"):
-        index = _read_json(path)["weight_map"]
-        shapes: dict[str, tuple] = {}
-        for shard in {index[k] for k in index if any(k.endswith(w) for w in wanted)}:
-            shapes.update(_tensor_shapes(path.parent / shard, wanted))
-        return shapes
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if any(k.endswith(w) for w in wanted)}
-        except Exception as exc:
-            raise IP2PError(f"Could not read {path} ({type(exc).__name__}: {exc}); the file is truncated or corrupt.") from None
-    sd = load_state_dict_safely(path)
-    return {k: tuple(v.shape) for k, v in sd.items() if any(k.endswith(w) for w in wanted)}
-
-
 def facts_from_folder(folder: Path) -> WeightFacts:
     weights = _unet_weights_file(folder)
     if weights is None:
         raise IP2PError(f"{folder} has a model_index.json but no UNet weights in {folder / 'unet'}.")
-    shapes = _tensor_shapes(weights, ("conv_in.weight", "attn2.to_k.weight", "add_embedding.linear_1.weight"))
+    shapes = tensor_shapes(weights, ("conv_in.weight", "attn2.to_k.weight", "add_embedding.linear_1.weight"))
     conv_in = shapes.get("conv_in.weight")
     if conv_in is None:
         raise IP2PError(f"{weights} has no 'conv_in.weight': it is not a diffusers UNet.")
     to_k = next((s for k, s in shapes.items() if k.endswith("attn2.to_k.weight")), None)
     xl = any(k.endswith("add_embedding.linear_1.weight") for k in shapes)
     sched = folder / "scheduler" / "scheduler_config.json"
-    edm = sched.exists() and str(_read_json(sched).get("_class_name", "")).startswith("EDM")
+    edm = sched.exists() and is_edm_config(_read_json(sched))
     return WeightFacts(int(conv_in[1]), int(to_k[1]) if to_k else 0, xl, edm)
 
 
-def _resolve_family(facts: WeightFacts, requested: str | Family | None, path: Path) -> Family:
+def _resolve_family(facts: WeightFacts, requested: str | FamilySpec | None, path: Path) -> FamilySpec:
     if facts.in_channels != 8:
         raise IP2PError(
             f"{path} is not an InstructPix2Pix model: its UNet takes {facts.in_channels} input channels, "
@@ -258,16 +185,16 @@ def _resolve_family(facts: WeightFacts, requested: str | Family | None, path: Pa
             "instruct-pix2pix-00-22000.safetensors, MagicBrush, HQ-Edit or cosxl_edit.safetensors."
         )
     detected = facts.family
+    if detected is None:
+        raise IP2PError(f"{path}: no model family fits its weights ({facts.describe()}); known families: "
+                        f"{', '.join(family_names())}.")
     if requested in (None, "", "auto"):
         return detected
-    try:
-        wanted = Family(requested)
-    except ValueError:
-        raise IP2PError(f"Unknown model family {requested!r}; use auto, sd15, sdxl or cosxl.") from None
-    if wanted.is_xl != detected.is_xl:
+    wanted = get_family(requested)
+    if wanted.architecture != detected.architecture:
         raise IP2PError(
             f"{path} was forced to load as {wanted.label}, but its weights are {detected.label} "
-            f"({facts.describe()}). Leave the family on 'auto' or pick {detected.value!r}."
+            f"({facts.describe()}). Leave the family on 'auto' or pick {detected.name!r}."
         )
     return wanted
 
@@ -342,30 +269,63 @@ def _vae_dtype(vae, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _text_encoder_from_ldm(cls, config_path: Path, weights: dict, path: Path, what: str):
-    config = cls.config_class.from_pretrained(str(config_path))
+def _text_encoder_from_ldm(spec: TextEncoderSpec, config_dir: Path, sd: Mapping[str, torch.Tensor], path: Path,
+                           what: str):
+    """One text encoder of a single file: built from the config folder, weights under the family's key prefix."""
+    import transformers
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+
+    cls = getattr(transformers, spec.model_class)
+    config = cls.config_class.from_pretrained(str(config_dir / spec.folder))
     with _empty_init():
         model = cls(config)
-    if not hasattr(model, "text_model"):
-        # transformers >= 5.6 flattened CLIPTextModel: its keys no longer start with "text_model."
-        weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    if spec.ldm_layout == CLIP:
+        weights = convert_ldm_clip_checkpoint({k: v for k, v in sd.items() if k.startswith(spec.ldm_prefix)},
+                                              remove_prefix=spec.ldm_prefix)
+        if not hasattr(model, "text_model"):
+            # transformers >= 5.6 flattened CLIPTextModel: its keys no longer start with "text_model."
+            weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    else:  # OPEN_CLIP
+        weights = convert_open_clip_checkpoint(model, sd, prefix=spec.ldm_prefix)
     return _load_into(model, weights, what, path)
+
+
+def _encoder_names(family: FamilySpec) -> list[str]:
+    """How errors name the text encoders: "text encoder", or "first text encoder", "second text encoder"."""
+    if len(family.text_encoders) == 1:
+        return ["text encoder"]
+    return [f"{n} text encoder" for n in ("first", "second", "third", "fourth")[: len(family.text_encoders)]]
+
+
+def _scheduler_config(family: FamilySpec, folder: Path, facts: WeightFacts | None = None) -> dict:
+    """The folder's scheduler config, or the family's own where it is missing or of the wrong kind (an EDM family
+    needs an EDM schedule). EDM single files carry their sigma range; it wins over the config's."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = _read_json(path) if path.exists() else family.scheduler_config()
+    if is_edm_config(config) != family.edm:
+        config = family.scheduler_config()
+    if family.edm and facts is not None:
+        if facts.sigma_max:
+            config["sigma_max"] = facts.sigma_max
+        if facts.sigma_min:
+            config["sigma_min"] = facts.sigma_min
+    return config
+
+
+def _force_zeros(family: FamilySpec, folder: Path) -> bool:
+    index = folder / "model_index.json"
+    default = family.force_zeros_for_empty_prompt
+    return bool(_read_json(index).get("force_zeros_for_empty_prompt", default)) if index.exists() else default
 
 
 def _load_single_file(path: Path, requested, config: str | Path | None, dtype, device) -> IP2PModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint,
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint,
-    )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    sd = load_state_dict_safely(path)
+    sd, _ = read_state_dict(path, "model")
     facts = facts_from_ldm(sd, path)
     family = _resolve_family(facts, requested, path)
-    config_dir = Path(config) if config else family_config_dir(family.value)
+    config_dir = Path(config) if config else family.config_dir
     if not (config_dir / "unet" / "config.json").exists():
         raise IP2PError(f"Config folder {config_dir} has no unet/config.json (a diffusers-layout folder is needed).")
 
@@ -379,49 +339,28 @@ def _load_single_file(path: Path, requested, config: str | Path | None, dtype, d
     _load_into(unet, unet_sd, "UNet", path)
 
     vae_config = AutoencoderKL.load_config(str(config_dir / "vae"))
-    if not any(k.startswith("first_stage_model.") for k in sd):
-        raise IP2PError(f"{path} has a UNet but no VAE ('first_stage_model.*' keys); a full checkpoint is needed.")
+    if not any(k.startswith(VAE_LDM) for k in sd):
+        raise IP2PError(f"{path} has a UNet but no VAE ('{VAE_LDM}*' keys); a full checkpoint is needed.")
     vae_sd = convert_ldm_vae_checkpoint(sd, vae_config)
     with _empty_init():
         vae = AutoencoderKL.from_config(vae_config)
     _load_into(vae, vae_sd, "VAE", path)
 
-    if family.is_xl:
-        te1_sd = convert_ldm_clip_checkpoint({k: v for k, v in sd.items() if k.startswith("conditioner.embedders.0.")})
-        te1 = _text_encoder_from_ldm(CLIPTextModel, config_dir / "text_encoder", te1_sd, path, "first text encoder")
-        te2_config = CLIPTextModelWithProjection.config_class.from_pretrained(str(config_dir / "text_encoder_2"))
-        with _empty_init():
-            te2 = CLIPTextModelWithProjection(te2_config)
-        te2_sd = convert_open_clip_checkpoint(te2, sd, prefix="conditioner.embedders.1.model.")
-        _load_into(te2, te2_sd, "second text encoder", path)
-        encoders = (te1, te2)
-        tokenizers = (
-            shipped_tokenizer(_tokenizer_pad(config_dir, "tokenizer", "<|endoftext|>")),
-            shipped_tokenizer(_tokenizer_pad(config_dir, "tokenizer_2", "!")),
-        )
-    else:
-        te_sd = convert_ldm_clip_checkpoint({k: v for k, v in sd.items() if k.startswith("cond_stage_model.")})
-        encoders = (_text_encoder_from_ldm(CLIPTextModel, config_dir / "text_encoder", te_sd, path, "text encoder"),)
-        tokenizers = (shipped_tokenizer(_tokenizer_pad(config_dir, "tokenizer", "<|endoftext|>")),)
+    encoders = tuple(_text_encoder_from_ldm(spec, config_dir, sd, path, what)
+                     for spec, what in zip(family.text_encoders, _encoder_names(family)))
+    tokenizers = tuple(shipped_tokenizer(_tokenizer_pad(config_dir, spec.tokenizer_folder, spec.pad_token))
+                       for spec in family.text_encoders)
     del sd
 
-    sched_path = config_dir / "scheduler" / "scheduler_config.json"
-    scheduler_config = _read_json(sched_path) if sched_path.exists() else dict(FAMILY_SCHEDULER_CONFIGS[family.value])
-    if family is Family.COSXL:
-        scheduler_config = dict(FAMILY_SCHEDULER_CONFIGS["cosxl"]) if not scheduler_config["_class_name"].startswith("EDM") else scheduler_config
-        if facts.sigma_max:
-            scheduler_config["sigma_max"] = facts.sigma_max
-        if facts.sigma_min:
-            scheduler_config["sigma_min"] = facts.sigma_min
-    index = config_dir / "model_index.json"
-    force_zeros = bool(_read_json(index).get("force_zeros_for_empty_prompt", family.is_xl)) if index.exists() else family.is_xl
-    return _finish(family, unet, vae, encoders, tokenizers, scheduler_config, dtype, device, path, force_zeros,
+    return _finish(family, unet, vae, encoders, tokenizers, _scheduler_config(family, config_dir, facts), dtype,
+                   device, path, _force_zeros(family, config_dir),
                    {"format": "single-file", "ema": has_ema, "config": str(config_dir)})
 
 
 def _load_folder(folder: Path, requested, dtype, device) -> IP2PModel:
+    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     facts = facts_from_folder(folder)
     family = _resolve_family(facts, requested, folder)
@@ -438,21 +377,12 @@ def _load_folder(folder: Path, requested, dtype, device) -> IP2PModel:
 
     unet = component(UNet2DConditionModel, "unet")
     vae = component(AutoencoderKL, "vae")
-    if family.is_xl:
-        encoders = (component(CLIPTextModel, "text_encoder"), component(CLIPTextModelWithProjection, "text_encoder_2"))
-        tokenizers = (component(CLIPTokenizer, "tokenizer"), component(CLIPTokenizer, "tokenizer_2"))
-    else:
-        encoders = (component(CLIPTextModel, "text_encoder"),)
-        tokenizers = (component(CLIPTokenizer, "tokenizer"),)
+    encoders = tuple(component(getattr(transformers, spec.model_class), spec.folder) for spec in family.text_encoders)
+    tokenizers = tuple(component(CLIPTokenizer, spec.tokenizer_folder) for spec in family.text_encoders)
     for m in (unet, vae, *encoders):
         m.eval()
-    sched = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = _read_json(sched) if sched.exists() else dict(FAMILY_SCHEDULER_CONFIGS[family.value])
-    if family is Family.COSXL and not str(scheduler_config.get("_class_name", "")).startswith("EDM"):
-        scheduler_config = dict(FAMILY_SCHEDULER_CONFIGS["cosxl"])
-    force_zeros = bool(_read_json(folder / "model_index.json").get("force_zeros_for_empty_prompt", family.is_xl))
-    return _finish(family, unet, vae, encoders, tokenizers, scheduler_config, dtype, device, folder, force_zeros,
-                   {"format": "diffusers"})
+    return _finish(family, unet, vae, encoders, tokenizers, _scheduler_config(family, folder), dtype, device, folder,
+                   _force_zeros(family, folder), {"format": "diffusers"})
 
 
 def _finish(family, unet, vae, encoders, tokenizers, scheduler_config, dtype, device, path, force_zeros, meta):
@@ -570,13 +500,14 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 def load_model(
     path: str | os.PathLike,
     *,
-    family: str | Family | None = "auto",
+    family: str | FamilySpec | None = "auto",
     dtype: str | torch.dtype = "fp32",
     device: str | torch.device | None = "cpu",
     config: str | os.PathLike | None = None,
     cache: ModelCache | None = MODEL_CACHE,
 ) -> IP2PModel:
-    """Load an SD 1.5 / SDXL / CosXL Edit InstructPix2Pix model from a diffusers folder or a single file.
+    """Load an InstructPix2Pix model of any registered family (SD 1.5, SDXL, CosXL Edit) from a diffusers folder or
+    a single file. ``family``: "auto" (read from the weights) or a family name / row.
 
     ``config`` is a diffusers-layout folder of component configs for single files whose architecture differs from
     the released models (the shipped configs are used otherwise). Loading either completes or raises
@@ -585,7 +516,8 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
     p = resolve_model_path(path)
-    key = (str(p), _stat_key(p), torch_dtype, str(torch_device), str(family or "auto"), str(config or ""))
+    family_name = family.name if isinstance(family, FamilySpec) else str(family or "auto")
+    key = (str(p), _stat_key(p), torch_dtype, str(torch_device), family_name, str(config or ""))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     with torch.inference_mode(False), torch.no_grad():

@@ -16,6 +16,7 @@ import torch
 
 from . import adapters, defaults
 from .errors import Cancelled, IP2PError
+from .families import TEXT_TIME
 from .guidance import IMAGE, TEXT, UNCOND, GuidancePlan, check_scale, plan_guidance
 from .image import ImageLatents
 from .masks import EditRegion
@@ -98,18 +99,34 @@ def cpu_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed if seed < 2**63 else seed - 2**64)
 
 
-def _pair(cond: Conditioning, image: ImageLatents) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Instruction k goes with image k; a single instruction or a single image is shared by all."""
-    p, i = cond.batch_size, image.batch_size
-    if p != i and p != 1 and i != 1:
-        raise IP2PError(f"Got {p} instructions and {i} images; give one of either, or the same number of both.")
-    n = max(p, i)
-    idx_p = torch.arange(n) if p == n else torch.zeros(n, dtype=torch.long)
-    idx_i = torch.arange(n) if i == n else torch.zeros(n, dtype=torch.long)
-    return n, idx_p, idx_i
+@dataclass(frozen=True)
+class _Rows:
+    """The batch rows of a run: instruction k goes with image k (a single one of either is shared by all), and each
+    pair gives ``per`` consecutive rows (images per instruction)."""
+
+    count: int
+    prompt_index: torch.Tensor
+    image_index: torch.Tensor
+    per: int
+
+    @classmethod
+    def pair(cls, cond: Conditioning, image: ImageLatents, per: int) -> "_Rows":
+        p, i = cond.batch_size, image.batch_size
+        if p != i and p != 1 and i != 1:
+            raise IP2PError(f"Got {p} instructions and {i} images; give one of either, or the same number of both.")
+        n = max(p, i)
+        idx_p = torch.arange(n) if p == n else torch.zeros(n, dtype=torch.long)
+        idx_i = torch.arange(n) if i == n else torch.zeros(n, dtype=torch.long)
+        return cls(n * per, idx_p, idx_i, per)
+
+    def of_prompts(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.prompt_index.to(t.device)].repeat_interleave(self.per, dim=0)
+
+    def of_images(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.image_index.to(t.device)].repeat_interleave(self.per, dim=0)
 
 
-def _timesteps(scheduler, steps: int, denoising_end: float | None, strength: float, device) -> torch.Tensor:
+def _timesteps(scheduler, steps: int, denoising_end: float | None, strength: float, device, edm: bool) -> torch.Tensor:
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
     if strength < 1.0:
@@ -122,7 +139,7 @@ def _timesteps(scheduler, steps: int, denoising_end: float | None, strength: flo
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * order)
     if denoising_end is not None and 0 < denoising_end < 1:
-        if not type(scheduler).__name__.startswith("EDM"):
+        if not edm:
             cutoff = int(round(scheduler.config.num_train_timesteps * (1 - denoising_end)))
             keep = int((timesteps >= cutoff).sum())
         else:  # EDM timesteps are log-sigmas, not 0..999: cut by the fraction of steps instead
@@ -169,6 +186,146 @@ class _Cell:
     plans: list
     step_kwargs: dict
 
+    @classmethod
+    def prepare(cls, model: IP2PModel, s: SamplerSettings, base: GuidancePlan, init: torch.Tensor, shape: tuple,
+                noise: torch.Tensor | None) -> tuple["_Cell", torch.Tensor]:
+        """The cell at its first step, and its timesteps: a fresh scheduler, seeded noise (or the caller's), and
+        the starting latents (pure noise, or the input's latents noised to the first step for strength < 1)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device, dtype = model.device, model.dtype
+        scheduler = make_scheduler(s.scheduler, model.scheduler_config, auto=model.family.default_scheduler)
+        timesteps = _timesteps(scheduler, s.steps, s.denoising_end, s.strength, device, model.is_edm)
+        generator = cpu_generator(s.seed)
+        cell_noise = (randn_tensor(shape, generator=generator, device=device, dtype=dtype) if noise is None
+                      else noise.to(device, dtype))
+        if s.strength < 1.0:
+            latents = scheduler.add_noise(init, cell_noise, timesteps[:1].repeat(shape[0]))
+        else:
+            latents = cell_noise * scheduler.init_noise_sigma
+        plans = _step_plans(s, base, len(timesteps))
+        cell = cls(s, scheduler, generator, cell_noise, latents, plans, _step_kwargs(scheduler, generator, s.eta))
+        return cell, timesteps
+
+    def step(self, predictions: dict, i: int, t, region: "_KeptRegion | None") -> None:
+        """Guide this cell's noise predictions (one per pass) and advance its scheduler by step ``i``."""
+        eps = self.plans[i].apply(predictions)
+        latents = self.scheduler.step(eps, t, self.latents, **self.step_kwargs, return_dict=False)[0]
+        self.latents = latents if region is None else region.keep(self, latents, i)
+
+
+@dataclass(frozen=True)
+class _KeptRegion:
+    """A masked edit: outside the mask, the latents are the input's, noised to the level of the next step."""
+
+    init: torch.Tensor  # the input's latents (scaled), one row per batch row
+    keep_mask: torch.Tensor  # 1 where the input is kept
+    timesteps: torch.Tensor
+
+    def keep(self, cell: _Cell, latents: torch.Tensor, i: int) -> torch.Tensor:
+        if i + 1 < len(self.timesteps):
+            t_next = self.timesteps[i + 1 : i + 2].repeat(latents.shape[0])
+            target = cell.scheduler.add_noise(self.init, cell.noise, t_next)
+        else:
+            target = self.init
+        return latents * (1.0 - self.keep_mask) + target * self.keep_mask
+
+
+@dataclass
+class _UNetBatch:
+    """The UNet's input for all cells of a run: one segment of rows per (cell, pass) that the cell needs,
+    pass-major. A single edit is (instruction, image), (negative, image), (negative, no image); in a sweep, cells
+    with image guidance 1 bring no rows of the last pass."""
+
+    segments: list[tuple[int, str]]  # (cell, pass) per segment
+    rows_per_segment: int
+    latent_channels: int
+    inputs: torch.Tensor  # reused every step: noisy latents in the first channels, image latents after them
+    text_states: torch.Tensor
+    added: dict | None  # the family's added conditioning (SDXL: pooled text + time ids), one row per input row
+
+    @classmethod
+    def build(cls, model: IP2PModel, cond: Conditioning, image: ImageLatents, rows: _Rows,
+              cells: list[_Cell]) -> "_UNetBatch":
+        device, dtype = model.device, model.dtype
+        segments = [(c, p) for p in PASS_ORDER for c, cell in enumerate(cells) if p in cell.plans[0].passes]
+        embeds = {TEXT: rows.of_prompts(cond.embeds), IMAGE: rows.of_prompts(cond.negative_embeds)}
+        embeds[UNCOND] = embeds[IMAGE]
+        img = rows.of_images(image.model_latents).to(device, dtype)
+        img_by_pass = {TEXT: img, IMAGE: img, UNCOND: torch.zeros_like(img)}
+        text_states = torch.cat([embeds[p] for _, p in segments]).to(device, dtype)
+        added = _added_conditioning(model, cond, image, rows, [p for _, p in segments])
+        channels = model.latent_channels
+        inputs = torch.empty((len(segments) * rows.count, channels + img.shape[1], *img.shape[-2:]),
+                             device=device, dtype=dtype)
+        inputs[:, channels:] = torch.cat([img_by_pass[p] for _, p in segments])
+        return cls(segments, rows.count, channels, inputs, text_states, added)
+
+    def segment(self, k: int) -> slice:
+        return slice(k * self.rows_per_segment, (k + 1) * self.rows_per_segment)
+
+    def predict(self, model: IP2PModel, cells: list[_Cell], t) -> list[dict[str, torch.Tensor]]:
+        """Every cell's noise predictions at step ``t``, by pass."""
+        # Scaling is per-sample and identical across passes: scale once, then copy into each pass's rows.
+        scaled = [cell.scheduler.scale_model_input(cell.latents, t) for cell in cells]
+        for k, (c, _) in enumerate(self.segments):
+            self.inputs[self.segment(k), : self.latent_channels] = scaled[c]
+        predictions: list[dict[str, torch.Tensor]] = [{} for _ in cells]
+        if len(cells) > 1 and all(torch.equal(scaled[0], x) for x in scaled[1:]):
+            # A sweep's first step: every cell starts from the same latents (same seed), so the rows of one
+            # segment per pass serve all cells.
+            first: dict[str, int] = {}  # pass -> its first segment
+            for k, (_, p) in enumerate(self.segments):
+                first.setdefault(p, k)
+            shared = torch.cat([torch.arange(self.segment(k).start, self.segment(k).stop) for k in first.values()])
+            shared = shared.to(model.device)
+            added = None if self.added is None else {key: v[shared] for key, v in self.added.items()}
+            noise_pred = model.unet(self.inputs[shared], t, encoder_hidden_states=self.text_states[shared],
+                                    added_cond_kwargs=added, return_dict=False)[0]
+            by_pass = dict(zip(first, noise_pred.split(self.rows_per_segment)))
+            for c, p in self.segments:
+                predictions[c][p] = by_pass[p]
+        else:
+            noise_pred = model.unet(self.inputs, t, encoder_hidden_states=self.text_states,
+                                    added_cond_kwargs=self.added, return_dict=False)[0]
+            for k, (c, p) in enumerate(self.segments):
+                predictions[c][p] = noise_pred[self.segment(k)]
+        return predictions
+
+
+def _text_time(model: IP2PModel, cond: Conditioning, image: ImageLatents, rows: _Rows, passes: list[str]) -> dict:
+    """SDXL's added conditioning: the pooled text embedding of each row and six time ids (original size, crop
+    top-left, target size: the working size, no crop)."""
+    device, dtype = model.device, model.dtype
+    pooled = {TEXT: rows.of_prompts(cond.pooled), IMAGE: rows.of_prompts(cond.negative_pooled)}
+    pooled[UNCOND] = pooled[IMAGE]
+    h, w = image.size
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype, device=device)
+    added = {
+        "text_embeds": torch.cat([pooled[p] for p in passes]).to(device, dtype),
+        "time_ids": time_ids.repeat(len(passes) * rows.count, 1),
+    }
+    _check_time_embedding(model, added)
+    return added
+
+
+_ADDED_CONDITIONING = {TEXT_TIME: _text_time}  # FamilySpec.added_conditioning -> how to build it
+
+
+def _added_conditioning(model, cond, image, rows, passes) -> dict | None:
+    kind = model.family.added_conditioning
+    return None if kind is None else _ADDED_CONDITIONING[kind](model, cond, image, rows, passes)
+
+
+def _check_inputs(model: IP2PModel, cond: Conditioning, image: ImageLatents,
+                  cells_settings: Sequence[SamplerSettings]) -> list[GuidancePlan]:
+    if cond.family != model.family.name or image.family != model.family.name:
+        raise IP2PError(
+            f"Inputs were encoded for another model family (instruction: {cond.family}, image: {image.family}, "
+            f"model: {model.family.name}); encode them with this model."
+        )
+    return [validate_settings(s) for s in cells_settings]
+
 
 def _run(
     model: IP2PModel,
@@ -179,73 +336,34 @@ def _run(
     cancel: Callable[[], bool] | None,
     noise: torch.Tensor | None,
 ) -> list[torch.Tensor]:
-    if cond.family != model.family.value or image.family != model.family.value:
-        raise IP2PError(
-            f"Inputs were encoded for another model family (instruction: {cond.family}, image: {image.family}, "
-            f"model: {model.family.value}); encode them with this model."
-        )
-    bases = [validate_settings(s) for s in cells_settings]
-    first = cells_settings[0]
+    """Denoise one or more cells (guidance settings that share everything else) with one UNet call per step."""
+    # 1. Check the inputs and settings.
+    bases = _check_inputs(model, cond, image, cells_settings)
     device, dtype = model.device, model.dtype
-    n_pairs, idx_p, idx_i = _pair(cond, image)
-    per = first.images_per_instruction
-    batch = n_pairs * per
-    rep = lambda t, idx: t[idx.to(t.device)].repeat_interleave(per, dim=0)  # noqa: E731
-    from diffusers.utils.torch_utils import randn_tensor
 
-    h_lat, w_lat = image.latents.shape[-2:]
-    shape = (batch, model.latent_channels, h_lat, w_lat)
+    # 2. Pair instructions with images: the rows of the batch.
+    rows = _Rows.pair(cond, image, cells_settings[0].images_per_instruction)
+    shape = (rows.count, model.latent_channels, *image.latents.shape[-2:])
     if noise is not None and tuple(noise.shape) != shape:
         raise IP2PError(f"Starting noise has shape {tuple(noise.shape)}; this run needs {shape}.")
-    init = rep(image.latents, idx_i).to(device, dtype) * float(model.vae.config.scaling_factor)
-    region = image.region
-    keep_mask = None
-    if region is not None:
-        keep_mask = 1.0 - rep(region.latent_mask, idx_i).to(device, dtype)
 
-    cells: list[_Cell] = []
-    timesteps = None
-    for s, base in zip(cells_settings, bases):
-        scheduler = make_scheduler(s.scheduler, model.scheduler_config)
-        timesteps = _timesteps(scheduler, s.steps, s.denoising_end, s.strength, device)
-        generator = cpu_generator(s.seed)
-        cell_noise = (randn_tensor(shape, generator=generator, device=device, dtype=dtype) if noise is None
-                      else noise.to(device, dtype))
-        if s.strength < 1.0:
-            latents = scheduler.add_noise(init, cell_noise, timesteps[:1].repeat(batch))
-        else:
-            latents = cell_noise * scheduler.init_noise_sigma
-        plans = _step_plans(s, base, len(timesteps))
-        cells.append(_Cell(s, scheduler, generator, cell_noise, latents, plans,
-                           _step_kwargs(scheduler, generator, s.eta)))
+    # 3. Prepare each cell: scheduler, timesteps, noise, starting latents, guidance per step.
+    init = rows.of_images(image.latents).to(device, dtype) * float(model.vae.config.scaling_factor)
+    prepared = [_Cell.prepare(model, s, base, init, shape, noise) for s, base in zip(cells_settings, bases)]
+    cells = [cell for cell, _ in prepared]
+    timesteps = prepared[-1][1]  # cells differ only in guidance: they share the schedule
 
-    # The UNet batch: one segment of `batch` rows per (cell, pass) that the cell needs, pass-major. A single edit is
-    # (instruction, image, uncond); in a sweep, cells with image guidance 1 bring no uncond rows.
-    segments = [(c, p) for p in PASS_ORDER for c, cell in enumerate(cells) if p in cell.plans[0].passes]
-    n_rows = len(segments) * batch
+    # 4. Build the UNet batch: every (cell, pass) segment's text states, image latents and added conditioning.
+    unet_batch = _UNetBatch.build(model, cond, image, rows, cells)
 
-    embeds = {TEXT: rep(cond.embeds, idx_p), IMAGE: rep(cond.negative_embeds, idx_p)}
-    embeds[UNCOND] = embeds[IMAGE]
-    img = rep(image.model_latents, idx_i).to(device, dtype)
-    img_by_pass = {TEXT: img, IMAGE: img, UNCOND: torch.zeros_like(img)}
-    prompt_embeds = torch.cat([embeds[p] for _, p in segments]).to(device, dtype)
-    added = None
-    if model.family.is_xl:
-        pooled = {TEXT: rep(cond.pooled, idx_p), IMAGE: rep(cond.negative_pooled, idx_p)}
-        pooled[UNCOND] = pooled[IMAGE]
-        h, w = image.size
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype, device=device)
-        added = {
-            "text_embeds": torch.cat([pooled[p] for _, p in segments]).to(device, dtype),
-            "time_ids": time_ids.repeat(n_rows, 1),
-        }
-        _check_time_embedding(model, added)
+    # 5. A masked edit keeps the input's latents outside the mask.
+    region = None
+    if image.region is not None:
+        keep_mask = 1.0 - rows.of_images(image.region.latent_mask).to(device, dtype)
+        region = _KeptRegion(init, keep_mask, timesteps)
 
-    # One input buffer reused every step: noisy latents in the first channels, image latents after them.
-    channels = model.latent_channels
-    unet_in = torch.empty((n_rows, channels + img.shape[1], h_lat, w_lat), device=device, dtype=dtype)
-    unet_in[:, channels:] = torch.cat([img_by_pass[p] for _, p in segments])
-    rows_of = [slice(k * batch, (k + 1) * batch) for k in range(len(segments))]
+    # 6. Denoise: one UNet call per step for all cells, then each cell's guidance and scheduler step; progress after
+    #    every scheduler step (multi-order schedulers take several loop iterations per step), cancel before each.
     order = getattr(cells[0].scheduler, "order", 1)
     total = math.ceil(len(timesteps) / order) if order > 1 else len(timesteps)
     done = 0
@@ -253,52 +371,14 @@ def _run(
         for i, t in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise Cancelled(f"Sampling cancelled before step {done + 1} of {total}.")
-            # Scaling is per-sample and identical across passes: scale once, then copy into each pass's rows.
-            scaled = [cell.scheduler.scale_model_input(cell.latents, t) for cell in cells]
-            for k, (c, _) in enumerate(segments):
-                unet_in[rows_of[k], :channels] = scaled[c]
-            chunks = [{} for _ in cells]
-            if len(cells) > 1 and all(torch.equal(scaled[0], x) for x in scaled[1:]):
-                # A sweep's first step: every cell starts from the same latents (same seed), so the rows of one
-                # segment per pass serve all cells.
-                first: dict[str, int] = {}  # pass -> its first segment
-                for k, (_, p) in enumerate(segments):
-                    first.setdefault(p, k)
-                rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in first.values()]).to(device)
-                sub_added = None if added is None else {key: v[rows] for key, v in added.items()}
-                noise_pred = model.unet(unet_in[rows], t, encoder_hidden_states=prompt_embeds[rows],
-                                        added_cond_kwargs=sub_added, return_dict=False)[0]
-                by_pass = dict(zip(first, noise_pred.split(batch)))
-                for c, p in segments:
-                    chunks[c][p] = by_pass[p]
-            else:
-                noise_pred = model.unet(
-                    unet_in, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added, return_dict=False
-                )[0]
-                for k, (c, p) in enumerate(segments):
-                    chunks[c][p] = noise_pred[rows_of[k]]
-            for c, cell in enumerate(cells):
-                eps = cell.plans[i].apply(chunks[c])
-                latents = cell.scheduler.step(eps, t, cell.latents, **cell.step_kwargs, return_dict=False)[0]
-                if keep_mask is not None:
-                    latents = _keep_unmasked(cell, latents, init, keep_mask, timesteps, i)
-                cell.latents = latents
+            for cell, predictions in zip(cells, unet_batch.predict(model, cells, t)):
+                cell.step(predictions, i, t, region)
             if i == len(timesteps) - 1 or (i + 1) % order == 0:
                 done += 1
                 if callback is not None:
                     shown = cells[0].latents if len(cells) == 1 else torch.cat([c.latents for c in cells])
                     callback(done, total, shown)
     return [c.latents for c in cells]
-
-
-def _keep_unmasked(cell: _Cell, latents, init, keep_mask, timesteps, i):
-    """Outside the mask, replace the latents by the input's latents noised to the next step's level."""
-    if i + 1 < len(timesteps):
-        t_next = timesteps[i + 1 : i + 2].repeat(latents.shape[0])
-        target = cell.scheduler.add_noise(init, cell.noise, t_next)
-    else:
-        target = init
-    return latents * (1.0 - keep_mask) + target * keep_mask
 
 
 def sample(
@@ -319,7 +399,7 @@ def sample(
     ``noise`` replaces the seeded starting noise (unit variance, [batch, 4, h, w]), as diffusers' ``latents`` does.
     """
     (samples,) = _run(model, cond, image, [settings], callback, cancel, noise)
-    return Latents(samples, image.original_size, image.size, model.family.value, settings, image.region)
+    return Latents(samples, image.original_size, image.size, model.family.name, settings, image.region)
 
 
 @dataclass(frozen=True, eq=False)
@@ -354,8 +434,7 @@ def sweep(
         raise IP2PError("A guidance sweep needs at least one text guidance and one image guidance value.")
     grid = [(check_scale(t, "Text guidance"), check_scale(g, "Image guidance")) for t in texts for g in imgs]
     cells = [settings.with_(text_guidance=t, image_guidance=g) for t, g in grid]
-    n_pairs, _, _ = _pair(cond, image)
-    rows_per_cell = n_pairs * settings.images_per_instruction
+    rows_per_cell = _Rows.pair(cond, image, settings.images_per_instruction).count
     if model.device.type == "cpu":
         max_rows = min(CPU_SWEEP_ROWS, max_rows or CPU_SWEEP_ROWS)
     chunk = len(cells) if max_rows is None else max(1, int(max_rows) // max(1, 3 * rows_per_cell))
@@ -373,7 +452,7 @@ def sweep(
             torch.cuda.empty_cache()
             continue
         start += len(part)
-    latents = Latents(torch.cat(outputs), image.original_size, image.size, model.family.value, settings, image.region)
+    latents = Latents(torch.cat(outputs), image.original_size, image.size, model.family.name, settings, image.region)
     return SweepResult(latents, tuple(grid), rows_per_cell)
 
 

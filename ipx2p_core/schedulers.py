@@ -41,18 +41,27 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     )
 }
 
-DEFAULT_SCHEDULER = "euler_a"
-DEFAULT_EDM_SCHEDULER = "edm_euler"
-
 
 def scheduler_names(edm: bool | None = None) -> list[str]:
     return [n for n, s in SCHEDULERS.items() if edm is None or s.edm == edm]
 
 
-def resolve_scheduler_name(name: str | None, edm_model: bool) -> SchedulerSpec:
-    """Check a user's scheduler name against the table and the model kind; ``None``/"auto" picks the default."""
+def is_edm_config(config: Mapping[str, Any]) -> bool:
+    """Whether a diffusers scheduler config (a model's own) is of an EDM scheduler, by the table's class names."""
+    class_name = str(config.get("_class_name", ""))
+    return any(s.edm for s in SCHEDULERS.values() if s.class_name == class_name)
+
+
+def resolve_scheduler_name(name: str | None, edm_model: bool, auto: str | None = None) -> SchedulerSpec:
+    """Check a user's scheduler name against the table and the model kind.
+
+    ``None``/"auto" stands for ``auto``: the model family's default scheduler (``FamilySpec.default_scheduler``).
+    """
     if name in (None, "", "auto"):
-        name = DEFAULT_EDM_SCHEDULER if edm_model else DEFAULT_SCHEDULER
+        if auto is None:
+            raise IP2PError("Scheduler 'auto' means the model family's default; name a scheduler here, one of: "
+                            f"{', '.join(scheduler_names(edm_model))}.")
+        name = auto
     key = str(name).strip().lower().replace("-", "_").replace(" ", "_").replace("+", "p")
     spec = SCHEDULERS.get(key)
     if spec is None:
@@ -64,15 +73,15 @@ def resolve_scheduler_name(name: str | None, edm_model: bool) -> SchedulerSpec:
     return spec
 
 
-def make_scheduler(name: str | None, base_config: Mapping[str, Any]):
+def make_scheduler(name: str | None, base_config: Mapping[str, Any], auto: str | None = None):
     """A fresh diffusers scheduler for one sampling run.
 
     ``base_config`` is the model's own scheduler config (betas, prediction type, sigma range); the spec adds only the
-    options that define the named sampler, so a model's training schedule always carries over.
+    options that define the named sampler, so a model's training schedule always carries over. ``auto``: what
+    "auto" stands for (the model family's default scheduler).
     """
     import diffusers
 
-    edm_model = base_config.get("_class_name", "").startswith("EDM")
-    spec = resolve_scheduler_name(name, edm_model)
+    spec = resolve_scheduler_name(name, is_edm_config(base_config), auto)
     cls = getattr(diffusers, spec.class_name)
     return cls.from_config(dict(base_config), **spec.options)

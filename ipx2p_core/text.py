@@ -15,6 +15,7 @@ import torch
 
 from . import adapters
 from .errors import IP2PError
+from .families import LAST_STATE
 from .models import IP2PModel
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return ids
 
 
-def _encode_sd(model: IP2PModel, texts: list[str]) -> torch.Tensor:
+def _encode_last_state(model: IP2PModel, texts: list[str]) -> torch.Tensor:
+    """SD 1.5: the single CLIP-L encoder's last hidden state."""
     (tokenizer,), (encoder,) = model.tokenizers, model.text_encoders
     ids = _tokenize(tokenizer, adapters.prepare_prompts(model, texts, 0)).to(model.device)
     mask = None
@@ -81,7 +83,9 @@ def _encode_sd(model: IP2PModel, texts: list[str]) -> torch.Tensor:
     return encoder(ids, attention_mask=mask)[0].to(model.dtype)
 
 
-def _encode_xl(model: IP2PModel, texts: list[str], texts_2: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_penultimate_pooled(model: IP2PModel, texts: list[str],
+                               texts_2: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: every encoder's penultimate hidden state, concatenated, and the projection encoder's pooled embedding."""
     states, pooled = [], None
     for i, (tokenizer, encoder, batch) in enumerate(zip(model.tokenizers, model.text_encoders, (texts, texts_2))):
         batch = adapters.prepare_prompts(model, batch, i)
@@ -122,18 +126,18 @@ def encode_instruction(
         raise IP2PError(f"instruction_2 has {len(texts_2)} entries for {len(texts)} instructions.")
 
     with adapters.active(model), torch.inference_mode():  # this handle's LoRAs and embeddings, under the model's lock
-        if not model.family.is_xl:
-            rows = _encode_sd(model, texts + (negs or [""] * len(texts)))
+        if model.family.text_recipe == LAST_STATE:
+            rows = _encode_last_state(model, texts + (negs or [""] * len(texts)))
             embeds, neg_embeds = rows[: len(texts)], rows[len(texts) :]
             pooled = neg_pooled = None
-        else:
-            embeds, pooled = _encode_xl(model, texts, texts_2)
+        else:  # PENULTIMATE_POOLED (register() accepts no other recipe)
+            embeds, pooled = _encode_penultimate_pooled(model, texts, texts_2)
             if negs is None and model.force_zeros_for_empty_prompt:
                 neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
             else:
                 neg_list = negs or [""] * len(texts)
                 neg_2 = _as_list(negative_2, "negative_2") or neg_list
-                neg_embeds, neg_pooled = _encode_xl(model, neg_list, neg_2)
+                neg_embeds, neg_pooled = _encode_penultimate_pooled(model, neg_list, neg_2)
     return Conditioning(
         embeds=embeds,
         negative_embeds=neg_embeds,
@@ -141,5 +145,5 @@ def encode_instruction(
         negative_pooled=neg_pooled,
         instructions=tuple(texts),
         negatives=tuple(negs or [""] * len(texts)),
-        family=model.family.value,
+        family=model.family.name,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from ipx2p_core import defaults
 from ipx2p_core.errors import IP2PError
 from ipx2p_core.number_lists import format_number_list, parse_number_list
+from ipx2p_core.families import family_names
 from ipx2p_core.schedulers import SCHEDULERS
 
 
@@ -22,7 +23,7 @@ def _add_model_arguments(p) -> None:
     p.add_argument("--dtype", default=defaults.DTYPE, choices=["auto", "fp32", "fp16", "bf16"],
                    help="model precision; auto (default) = fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--device", default=defaults.DEVICE, help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--family", default=defaults.FAMILY, choices=["auto", "sd15", "sdxl", "cosxl"],
+    p.add_argument("--family", default=defaults.FAMILY, choices=["auto", *family_names()],
                    help="model family; auto reads it from the weights")
     p.add_argument("--config", default=None, help="diffusers-layout config folder for unusual single files")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:TEXT_STRENGTH]]",
@@ -135,7 +136,7 @@ def settings_metadata(args, model, seed: int) -> dict:
         "instruction": getattr(args, "instruction", None),
         "negative": args.negative,
         "model": Path(model.source).name,
-        "family": model.family.value,
+        "family": model.family.name,
         "steps": args.steps,
         "text_guidance": getattr(args, "text_guidance", None),
         "image_guidance": getattr(args, "image_guidance", None),

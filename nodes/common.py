@@ -70,6 +70,11 @@ def strength_inputs() -> dict:
     }
 
 
+def _fit_sizes() -> str:
+    """'512 for SD 1.5 InstructPix2Pix, 768 for ...', from the family table."""
+    return ", ".join(f"{f.fit_size} for {f.label}" for f in map(core.get_family, core.family_names()))
+
+
 def resize_inputs() -> dict:
     return {
         "resize": (RESIZE_MODES, {"default": defaults.RESIZE,
@@ -77,8 +82,8 @@ def resize_inputs() -> dict:
                                              "side about 'size', multiples of 64, centre-cropped (the original "
                                              "InstructPix2Pix rule). exact: width x height."}),
         "size": ("INT", {"default": defaults.FIT_SIZE, "min": 64, "max": 8192, "step": 64,
-                         "tooltip": "Longest side for resize = fit (512 for SD 1.5, 768 for SDXL IP2P, 1024 for "
-                                    "CosXL Edit)."}),
+                         "tooltip": f"Longest side for resize = fit (the size each family was trained at: "
+                                    f"{_fit_sizes()})."}),
         "width": ("INT", {"default": defaults.EXACT_SIZE[0], "min": 8, "max": 8192, "step": 8, "tooltip": "Width for resize = exact."}),
         "height": ("INT", {"default": defaults.EXACT_SIZE[1], "min": 8, "max": 8192, "step": 8, "tooltip": "Height for resize = exact."}),
     }

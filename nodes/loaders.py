@@ -53,8 +53,8 @@ class IPX2PLoadModel:
             "required": {
                 "model_name": (model_choices(), {"tooltip": "A checkpoint from models/checkpoints, or a diffusers "
                                                             "folder (with model_index.json) from models/diffusers."}),
-                "family": (["auto", "sd15", "sdxl", "cosxl"], {"default": defaults.FAMILY,
-                                                               "tooltip": "auto reads the family from the weights."}),
+                "family": (["auto", *core.family_names()], {"default": defaults.FAMILY,
+                                                            "tooltip": "auto reads the family from the weights."}),
                 "dtype": (["auto", "fp32", "fp16", "bf16"], {"default": defaults.DTYPE,
                                                              "tooltip": "auto = fp16 on a GPU, fp32 on the CPU."}),
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": defaults.DEVICE,

@@ -15,11 +15,11 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
 def _build(tmp_path_factory, name, sdxl=False, cosxl=False):
-    from ipx2p_core import testing
+    import tiny_models
 
     root = tmp_path_factory.mktemp(name)
-    comps = testing.tiny_sdxl_components(cosxl=cosxl) if sdxl else testing.tiny_sd_components()
-    folder = testing.save_diffusers_folder(comps, root / "diffusers", sdxl=sdxl)
+    comps = tiny_models.tiny_sdxl_components(cosxl=cosxl) if sdxl else tiny_models.tiny_sd_components()
+    folder = tiny_models.save_diffusers_folder(comps, root / "diffusers", sdxl=sdxl)
     return root, comps, folder
 
 

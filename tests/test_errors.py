@@ -26,14 +26,14 @@ def four_channel(tmp_path_factory):
     """An ordinary text-to-image (4-channel) model, as a diffusers folder and as a single file."""
     from diffusers import UNet2DConditionModel
 
-    from ipx2p_core import testing
+    import tiny_models
     from ipx2p_core.ldm_layout import save_single_file
 
-    comps = testing.tiny_sd_components()
+    comps = tiny_models.tiny_sd_components()
     torch.manual_seed(0)
-    comps["unet"] = UNet2DConditionModel(**{**testing.TINY_UNET, "in_channels": 4})
+    comps["unet"] = UNet2DConditionModel(**{**tiny_models.TINY_UNET, "in_channels": 4})
     root = tmp_path_factory.mktemp("four_channel")
-    folder = testing.save_diffusers_folder(comps, root / "folder", sdxl=False)
+    folder = tiny_models.save_diffusers_folder(comps, root / "folder", sdxl=False)
     file = save_single_file(root / "t2i.safetensors", comps["unet"], comps["vae"], (comps["text_encoder"],), "sd15")
     return folder, file
 

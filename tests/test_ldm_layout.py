@@ -29,19 +29,9 @@ from ipx2p_core.ldm_layout import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from ipx2p_core.testing import TINY_SDXL_UNET, TINY_UNET, TINY_VAE, tiny_clip_config
+from tiny_models import SD15_UNET_FULL as SD15_UNET
+from tiny_models import TINY_SDXL_UNET, TINY_UNET, TINY_VAE, tiny_clip_config
 
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=8,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 
 SDXL_UNET = dict(
     sample_size=128,

@@ -19,7 +19,7 @@ import torch
 
 import adapter_files as af
 from ipx2p_core import IP2PError, apply_embedding, apply_lora, encode_instruction, load_model, save_lora_stack
-from ipx2p_core.adapters import LoraKeyWarning, _state, save_merged_model
+from ipx2p_core.adapters import LoraKeyWarning, save_merged_model, state_of
 from ipx2p_core.schedulers import make_scheduler
 from parity_helpers import max_diff, run_engine
 
@@ -193,7 +193,7 @@ def _unet_tensors(path):
 
 def test_same_file_is_injected_once_and_strengths_add(sd, tmp_path):
     path = af.write(af.to_peft(af.random_lora(sd["model"], seed=7)), tmp_path / "same.safetensors")
-    state = _state(sd["model"])
+    state = state_of(sd["model"])
     h1 = apply_lora(sd["model"], path, 0.5, 0.25)
     n = len(state.injected)
     h2 = apply_lora(h1, path, 0.25, 0.25)

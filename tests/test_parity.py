@@ -105,18 +105,19 @@ def test_full_size_sd15_unet_architecture(tmp_path_factory, photo):
     """The real SD 1.5 UNet (860M parameters, random weights) at 256x256, 2 steps."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from ipx2p_core import testing
-    from ipx2p_core.models import FAMILY_SCHEDULER_CONFIGS, Family, _finish
+    import tiny_models
+    from ipx2p_core.families import SD15
+    from ipx2p_core.models import _finish
     from ipx2p_core.schedulers import make_scheduler
 
     from parity_helpers import run_engine as engine
 
-    comps = testing.tiny_sd_components(full_size_unet=True)
+    comps = tiny_models.tiny_sd_components(full_size_unet=True)
     comps["vae"] = _eight_x_vae()
-    model = _finish(Family.SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
-                    FAMILY_SCHEDULER_CONFIGS["sd15"], torch.float32, torch.device("cpu"), "memory", False, {})
+    model = _finish(SD15, comps["unet"], comps["vae"], (comps["text_encoder"],), (comps["tokenizer"],),
+                    SD15.scheduler_config(), torch.float32, torch.device("cpu"), "memory", False, {})
     image = photo.resize((256, 256))
-    comps["scheduler"] = make_scheduler("euler_a", FAMILY_SCHEDULER_CONFIGS["sd15"])
+    comps["scheduler"] = make_scheduler("euler_a", SD15.scheduler_config())
     pipe = StableDiffusionInstructPix2PixPipeline(**comps)
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("make it winter", image=image, num_inference_steps=2, guidance_scale=7.5, image_guidance_scale=1.5,

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
-from ipx2p_core import testing
+import tiny_models
 from ipx2p_core.speedups import install_attention_fastpath, install_cpu_conv_fastpath, install_speedups
 
 
 @pytest.fixture(scope="module")
 def unets():
-    stock = testing.tiny_sd_components()["unet"].eval()
+    stock = tiny_models.tiny_sd_components()["unet"].eval()
     fast = copy.deepcopy(stock)
     install_speedups(fast)
     return stock, fast
@@ -32,7 +32,7 @@ def test_unet_output_unchanged(unets, batch, size):
 def test_installed_once_and_only_on_plain_layers(unets):
     _, fast = unets
     assert install_cpu_conv_fastpath(fast) == 0 and install_attention_fastpath(fast) == 0  # already there
-    fresh = testing.tiny_sd_components()["unet"]
+    fresh = tiny_models.tiny_sd_components()["unet"]
     assert install_attention_fastpath(fresh) == 12 and install_cpu_conv_fastpath(fresh) > 20
 
 

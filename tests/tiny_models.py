@@ -1,4 +1,4 @@
-"""Tiny random-weight InstructPix2Pix models for tests and benchmarks.
+"""Tiny random-weight InstructPix2Pix models for tests and benchmarks (bench scripts put tests/ on sys.path).
 
 Nothing here downloads anything: weights come from fixed seeds, the tokenizer from the CLIP BPE files shipped in
 ``configs/clip_tokenizer``. The shapes follow diffusers' own fast tests for the IP2P pipelines (8-channel UNet,
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .configs import CLIP_TOKENIZER_DIR
+from ipx2p_core.configs import CLIP_TOKENIZER_DIR
 
 # Real SD 1.5 UNet configuration (timbrooks/instruct-pix2pix), used by the full-size parity test and benchmark.
 SD15_UNET_FULL = dict(
@@ -41,13 +41,7 @@ TINY_UNET = dict(
 )
 
 TINY_SDXL_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    sample_size=32,
-    in_channels=8,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    TINY_UNET,
     attention_head_dim=(2, 4),
     use_linear_projection=True,
     addition_embed_type="text_time",
@@ -159,10 +153,10 @@ def tiny_sdxl_components(scheduler: str = "euler_a", cosxl: bool = False) -> dic
 
 
 def default_scheduler(family: str, name: str):
-    from .models import FAMILY_SCHEDULER_CONFIGS
-    from .schedulers import make_scheduler
+    from ipx2p_core.families import get_family
+    from ipx2p_core.schedulers import make_scheduler
 
-    return make_scheduler(name, FAMILY_SCHEDULER_CONFIGS[family])
+    return make_scheduler(name, get_family(family).scheduler_config())
 
 
 _TOKENIZER_CACHE: dict[str, object] = {}
