@@ -37,6 +37,10 @@ class SamplerSettings:
     ``strength`` < 1 starts from the input's latents noised to that level instead of pure noise (structure is
     kept); 1 is the standard edit. ``image_guidance_end`` makes image guidance change linearly from
     ``image_guidance`` at the first step to this value at the last.
+
+    ``seeds`` gives every output row its own generator (starting noise and the per-step noise of ancestral/SDE
+    schedulers), so a row in a batch gets the noise it would get alone with ``seed=seeds[k]``; ``seed`` is then
+    unused. Without it one generator seeded with ``seed`` serves the whole batch (diffusers' single generator).
     """
 
     steps: int = defaults.STEPS
@@ -51,6 +55,7 @@ class SamplerSettings:
     diffusers_gate: bool = False
     strength: float = 1.0
     image_guidance_end: float | None = None
+    seeds: tuple[int, ...] | None = None
 
     def with_(self, **changes) -> "SamplerSettings":
         return replace(self, **changes)
@@ -81,6 +86,12 @@ def validate_settings(s: SamplerSettings) -> GuidancePlan:
         raise IP2PError(f"Images per instruction must be at least 1, got {s.images_per_instruction!r}.")
     if not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
         raise IP2PError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {s.seed!r}.")
+    if s.seeds is not None:
+        if not isinstance(s.seeds, tuple) or not s.seeds:
+            raise IP2PError(f"Seeds must be a non-empty tuple of whole numbers (one per output row), got {s.seeds!r}.")
+        for seed in s.seeds:
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise IP2PError(f"Each of seeds must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
     if not (isinstance(s.eta, (int, float)) and 0.0 <= s.eta <= 1.0):
         raise IP2PError(f"eta must be between 0 and 1, got {s.eta!r}.")
     if s.denoising_end is not None and not (0.0 < float(s.denoising_end) <= 1.0):
@@ -96,6 +107,16 @@ def cpu_generator(seed: int) -> torch.Generator:
     """Noise always comes from a CPU generator, so a seed gives the same picture on every device."""
     # torch seeds are signed 64-bit internally; fold the unsigned ComfyUI range onto it deterministically.
     return torch.Generator("cpu").manual_seed(seed if seed < 2**63 else seed - 2**64)
+
+
+def _generators(s: SamplerSettings, batch: int) -> torch.Generator | list[torch.Generator]:
+    """One generator for the batch, or (``seeds``) one per output row, as diffusers' pipelines accept."""
+    if s.seeds is None:
+        return cpu_generator(s.seed)
+    if len(s.seeds) != batch:
+        raise IP2PError(f"Got {len(s.seeds)} seeds for {batch} output rows; give one seed per output row "
+                        "(pairs x images per instruction).")
+    return [cpu_generator(seed) for seed in s.seeds]
 
 
 def _pair(cond: Conditioning, image: ImageLatents) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -163,7 +184,7 @@ class _Cell:
 
     settings: SamplerSettings
     scheduler: object
-    generator: torch.Generator
+    generator: torch.Generator | list[torch.Generator]
     noise: torch.Tensor
     latents: torch.Tensor
     plans: list
@@ -208,7 +229,7 @@ def _run(
     for s, base in zip(cells_settings, bases):
         scheduler = make_scheduler(s.scheduler, model.scheduler_config)
         timesteps = _timesteps(scheduler, s.steps, s.denoising_end, s.strength, device)
-        generator = cpu_generator(s.seed)
+        generator = _generators(s, batch)
         cell_noise = (randn_tensor(shape, generator=generator, device=device, dtype=dtype) if noise is None
                       else noise.to(device, dtype))
         if s.strength < 1.0:
