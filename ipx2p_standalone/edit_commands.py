@@ -14,8 +14,8 @@ from ipx2p_core.schedulers import SCHEDULERS
 # ------------------------------------------------------------------------------------------------------- arguments
 
 
-def _add_model_arguments(p) -> None:
-    p.add_argument("--model", "-m", required=True,
+def _add_model_arguments(p, model_required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=model_required,
                    help="diffusers folder, .safetensors file, or Hub id (timbrooks/instruct-pix2pix)")
     p.add_argument("--dtype", default=defaults.DTYPE, choices=["fp32", "fp16", "bf16"], help="model precision")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
@@ -47,6 +47,21 @@ def _add_sampling_arguments(p, guidance: bool = True) -> None:
     p.add_argument("--restore-size", action="store_true", help="resize the result back to the input's size")
 
 
+def add_edit_options(p) -> None:
+    """Options of a single edit beyond the sampling ones (``ipx2p edit`` and ``ipx2p batch``)."""
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, counters over-saturation (default 0)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="edit strength in (0, 1]: lower starts from the input and keeps more structure (default 1)")
+    p.add_argument("--image-guidance-end", type=float, default=None,
+                   help="image guidance at the last step (linear from --image-guidance); default constant")
+    p.add_argument("--mask", default=None, metavar="FILE",
+                   help="edit only where this mask is white (greyscale image, or the transparency of an RGBA "
+                        "image); outside it the output keeps the input's pixels exactly")
+    p.add_argument("--mask-grow", type=int, default=0, help="grow (or, negative, shrink) the mask by N pixels")
+    p.add_argument("--mask-feather", type=int, default=8, help="soften the mask's edge over N pixels (default 8)")
+
+
 def add_edit_parsers(sub) -> None:
     p = sub.add_parser(
         "edit",
@@ -59,17 +74,7 @@ def add_edit_parsers(sub) -> None:
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--images", type=int, default=1, help="number of edits to make (different noise each)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, counters over-saturation (default 0)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="edit strength in (0, 1]: lower starts from the input and keeps more structure (default 1)")
-    p.add_argument("--image-guidance-end", type=float, default=None,
-                   help="image guidance at the last step (linear from --image-guidance); default constant")
-    p.add_argument("--mask", default=None, metavar="FILE",
-                   help="edit only where this mask is white (greyscale image, or the transparency of an RGBA "
-                        "image); outside it the output keeps the input's pixels exactly")
-    p.add_argument("--mask-grow", type=int, default=0, help="grow (or, negative, shrink) the mask by N pixels")
-    p.add_argument("--mask-feather", type=int, default=8, help="soften the mask's edge over N pixels (default 8)")
+    add_edit_options(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser(
@@ -179,7 +184,8 @@ def parse_values(text: str, option: str) -> list[float]:
     return values
 
 
-def save_png(image, path: Path, metadata: dict) -> None:
+def png_info(metadata: dict):
+    """The PNG text chunks of an edit: ``ipx2p`` (JSON settings) and A1111-style ``parameters``."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -191,8 +197,12 @@ def save_png(image, path: Path, metadata: dict) -> None:
             f"Steps: {metadata['steps']}, Sampler: {metadata['scheduler']}, CFG scale: {metadata['text_guidance']}, "
             f"Image CFG scale: {metadata['image_guidance']}, Seed: {metadata['seed']}, Model: {metadata['model']}",
         )
+    return info
+
+
+def save_png(image, path: Path, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    image.save(path, pnginfo=png_info(metadata))
 
 
 def _settings(args, **extra):
