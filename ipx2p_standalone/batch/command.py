@@ -104,6 +104,13 @@ def _prepare(args) -> _Job:
         raise BadCommand(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers is not None and args.workers < 1:
         raise BadCommand(f"--workers must be at least 1, got {args.workers}.")
+    if args.ray is not None:
+        from .ray_executor import RayUnavailable, import_ray
+
+        try:
+            import_ray()
+        except RayUnavailable as exc:
+            raise BadCommand(str(exc)) from None
     workflow_mode = args.workflow is not None
     manifest = read_manifest(args.source, workflow=workflow_mode)
     if manifest.kind == "folder" and not workflow_mode and not args.instruction:
@@ -361,19 +368,24 @@ def _executor(args, job: _Job, pending: list[RowTask]):
 
 
 def _ray_executor(args, spec: JobSpec, pending: list[RowTask]):
-    from .ray_executor import RayUnavailable, cluster_gpus, connect, run_on_ray
+    from .ray_executor import cluster_gpus, connect, run_on_ray
 
-    try:
-        ray, _ = connect(args.ray or None, args.quiet)
-    except RayUnavailable as exc:
-        raise _WorkerSetupError(str(exc)) from None
+    ray, started = connect(args.ray or None, args.quiet)
     gpus = cluster_gpus(ray) if args.device not in ("cpu", "mps") else 0
     workers = args.workers or max(1, gpus)
     batch = args.batch_size or (CUDA_BATCH_SIZE if gpus else 1)
     spec = _with(spec, batch_size=batch if spec.mode == "edit" else 1,
                  device="cuda" if gpus and args.device in (None, "auto") else spec.device)
     ordered = _order_for_batching(pending, spec)
-    return spec, _setup_errors(run_on_ray(ray, spec, ordered, workers, use_gpus=gpus > 0))
+
+    def records():
+        try:
+            yield from run_on_ray(ray, spec, ordered, workers, use_gpus=gpus > 0)
+        finally:
+            if started:  # a Ray we started for this job ends with it; a session the caller opened stays
+                ray.shutdown()
+
+    return spec, _setup_errors(records())
 
 
 def _setup_errors(records):

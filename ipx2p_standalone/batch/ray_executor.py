@@ -25,8 +25,8 @@ def import_ray():
     try:
         import ray
         import ray.data  # noqa: F401 - Ray Data is part of the extra (ray[data])
-    except ImportError as exc:
-        raise RayUnavailable(f"--ray needs Ray Data, which is not installed ({exc}). Install the extra: "
+    except ImportError:
+        raise RayUnavailable(f"--ray needs Ray Data, which is not installed here. Install the extra: "
                              f"{RAY_EXTRA_HINT}") from None
     return ray
 
