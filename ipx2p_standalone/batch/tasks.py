@@ -233,15 +233,17 @@ class Plan:
 
 
 def default_stems(manifest: Manifest) -> dict[int, str]:
-    """row -> output stem: the image's name; rows sharing an image name get '<name>-<row>'."""
+    """row -> output stem: the image's name; rows sharing an image name get '<name>-<row>' (rows with an output
+    column name their own)."""
     stems: dict[int, str] = {}
     for row in manifest.rows:
         image = row.values.get("image")
         stems[row.index] = PurePosixPath(str(image).replace("\\", "/")).stem if isinstance(image, str) else ""
     counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    return {i: (s if s and counts[s] == 1 else f"{s or 'row'}-{i}") for i, s in stems.items()}
+    for row in manifest.rows:
+        if "output" not in row.values:
+            counts[stems[row.index]] = counts.get(stems[row.index], 0) + 1
+    return {i: (s if s and counts.get(s, 0) <= 1 else f"{s or 'row'}-{i}") for i, s in stems.items()}
 
 
 def plan_edit_rows(manifest: Manifest, d: EditDefaults, identity: dict) -> Plan:

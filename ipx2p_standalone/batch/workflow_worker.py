@@ -65,7 +65,7 @@ class WorkflowWorker:
         seconds = time.perf_counter() - started
         if not result.ok:
             text = " ".join(result.error_text().split())
-            return row_record(task, "failed", error=f"{task.where}: the workflow failed: {text}", seconds=seconds)
+            return row_record(task, "failed", error=f"{task.where}: {text}", seconds=seconds)
         files = [p for p in result.files if Path(p).is_relative_to(self.staging)]
         if not files:
             return row_record(task, "failed", error=f"{task.where}: the workflow saved no image (it needs a Save "
