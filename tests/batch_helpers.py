@@ -63,3 +63,20 @@ def max_level_diff(a: Path, b: Path) -> int:
 def visible_files(out: Path) -> list[str]:
     """Every file under the output folder, relative, sorted (temporaries included: they start with a dot)."""
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def interrupt_after(monkeypatch, n: int) -> list[int]:
+    """Make the journal raise KeyboardInterrupt (Ctrl-C) right after its n-th line; returns the rows journaled."""
+    from ipx2p_standalone.batch.journal import Journal
+
+    real_append = Journal.append
+    seen: list[int] = []
+
+    def append_then_interrupt(self, record):
+        real_append(self, record)
+        seen.append(record["row"])
+        if len(seen) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Journal, "append", append_then_interrupt)
+    return seen

@@ -17,6 +17,7 @@ import pytest
 from batch_helpers import (
     STEPS,
     by_row,
+    interrupt_after,
     make_photos,
     max_level_diff,
     pixels,
@@ -232,16 +233,7 @@ def test_sigkill_mid_run_then_resume_does_every_row_exactly_once(tiny_sd, photo,
 def test_interrupt_exits_130_and_keeps_finished_rows(tiny_sd, photo, tmp_path, monkeypatch, capsys):
     make_photos(tmp_path / "photos", photo, 3)
     out = tmp_path / "out"
-    real_append = Journal.append
-    calls = []
-
-    def append_then_interrupt(self, record):
-        real_append(self, record)
-        calls.append(record["row"])
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Journal, "append", append_then_interrupt)
+    interrupt_after(monkeypatch, 1)
     argv = [tmp_path / "photos", "make it winter", "-m", tiny_sd["folder"], "--out", out, "--steps", STEPS, "-q"]
     assert batch(*argv) == 130
     assert "interrupted: 0 rows done in this run, 0 failed; run the same command again to resume." in \

@@ -7,9 +7,17 @@ from __future__ import annotations
 import os
 
 import pytest
-from batch_helpers import STEPS, by_row, make_photos, max_level_diff, results, visible_files, write_csv
+from batch_helpers import (
+    STEPS,
+    by_row,
+    interrupt_after,
+    make_photos,
+    max_level_diff,
+    results,
+    visible_files,
+    write_csv,
+)
 
-from ipx2p_standalone.batch.journal import Journal
 from ipx2p_standalone.cli import main
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra: pip install -e \".[ray]\"")
@@ -58,18 +66,9 @@ def test_ray_gives_the_local_files_and_statuses(ray_session, manifest, tiny_sd, 
 def test_interrupted_ray_job_resumes_with_every_row_done_once(ray_session, manifest, tiny_sd, tmp_path,
                                                                monkeypatch):
     out = tmp_path / "out"
-    real_append = Journal.append
-    seen = []
-
-    def append_then_stop(self, record):
-        real_append(self, record)
-        seen.append(record["row"])
-        if len(seen) == 6:
-            raise KeyboardInterrupt  # Ctrl-C half-way: the driver stops, Ray's actors go with the dataset
-
-    monkeypatch.setattr(Journal, "append", append_then_stop)
+    interrupt_after(monkeypatch, 6)  # Ctrl-C half-way: the driver stops, Ray's actors go with the dataset
     assert main(_argv(manifest, tiny_sd["folder"], out, "--ray", "--workers", 2)) == 130
-    monkeypatch.setattr(Journal, "append", real_append)
+    monkeypatch.undo()
     first = results(out)
     assert len(first) == 6
 

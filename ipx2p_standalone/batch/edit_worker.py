@@ -194,7 +194,10 @@ def concat_conditioning(conds: list[Conditioning]) -> Conditioning:
     """Single-row encodings as one batch (row k = conds[k])."""
     if len(conds) == 1:
         return conds[0]
-    cat = lambda name: None if getattr(conds[0], name) is None else torch.cat([getattr(c, name) for c in conds])  # noqa: E731
+
+    def cat(name):
+        return None if getattr(conds[0], name) is None else torch.cat([getattr(c, name) for c in conds])
+
     return replace(conds[0], embeds=cat("embeds"), negative_embeds=cat("negative_embeds"), pooled=cat("pooled"),
                    negative_pooled=cat("negative_pooled"),
                    instructions=tuple(i for c in conds for i in c.instructions),

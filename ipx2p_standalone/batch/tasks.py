@@ -246,60 +246,69 @@ def default_stems(manifest: Manifest) -> dict[int, str]:
     return {i: (s if s and counts.get(s, 0) <= 1 else f"{s or 'row'}-{i}") for i, s in stems.items()}
 
 
+def _plan(manifest: Manifest, identity: dict, build) -> Plan:
+    """``build(raw, output)`` -> (the values that decide the row's pixels, its task); a RowError fails the row."""
+    stems = default_stems(manifest)
+    plan, claimed = Plan([], [], {}), {}
+    for raw in manifest.rows:
+        try:
+            if raw.error:
+                raise RowError(raw.error)
+            output = _output_name(raw.values["output"], raw.where) if "output" in raw.values \
+                else f"{stems[raw.index]}.png"
+            decided, task = build(raw, output)
+            task.key = plan.keys[raw.index] = row_key(identity, {**decided, "output": output})
+            _claim(claimed, output, raw)
+            plan.tasks.append(task)
+        except RowError as exc:
+            plan.keys.setdefault(raw.index, _failed_key(identity, raw, str(exc)))
+            plan.failed.append((raw, str(exc)))
+    return plan
+
+
 def plan_edit_rows(manifest: Manifest, d: EditDefaults, identity: dict) -> Plan:
     from ipx2p_core import SamplerSettings
     from ipx2p_core.sampling import validate_settings
 
-    stems = default_stems(manifest)
-    tasks, failed, keys, claimed = [], [], {}, {}
-    for raw in manifest.rows:
+    def build(raw: RawRow, output: str):
         v, where = raw.values, raw.where
-        keys[raw.index] = ""
+        if "image" not in v:
+            raise RowError(f"{where}: no image (the image column is empty).")
+        image_ref, image = _path(v["image"], manifest.base_dir, "image", where)
+        instruction = _str(v["instruction"], "instruction", where) if "instruction" in v else d.instruction
+        if not instruction or not instruction.strip():
+            raise RowError(f"{where}: no instruction (fill the instruction column, or give one instruction for "
+                           "all rows after the manifest).")
+        negative = _str(v["negative"], "negative", where) if "negative" in v else d.negative
+        mask_ref, mask = (None, None)
+        if "mask" in v:
+            mask_ref, mask = _path(v["mask"], manifest.base_dir, "mask", where)
+        elif d.mask:
+            mask_ref, mask = d.mask, str(Path(d.mask).expanduser().absolute())
+        settings = {
+            "steps": _int(v["steps"], "steps", where) if "steps" in v else d.steps,
+            "text_guidance": _float(v["text_guidance"], "text_guidance", where) if "text_guidance" in v
+            else d.text_guidance,
+            "image_guidance": _float(v["image_guidance"], "image_guidance", where) if "image_guidance" in v
+            else d.image_guidance,
+            "scheduler": _scheduler(_str(v["scheduler"], "scheduler", where), where) if "scheduler" in v
+            else d.scheduler,
+            "seed": _int(v["seed"], "seed", where) if "seed" in v else d.seed + raw.index,
+            "strength": _float(v["strength"], "strength", where) if "strength" in v else d.strength,
+            "guidance_rescale": d.guidance_rescale, "eta": d.eta, "image_guidance_end": d.image_guidance_end,
+        }
         try:
-            if raw.error:
-                raise RowError(raw.error)
-            if "image" not in v:
-                raise RowError(f"{where}: no image (the image column is empty).")
-            image_ref, image = _path(v["image"], manifest.base_dir, "image", where)
-            instruction = _str(v["instruction"], "instruction", where) if "instruction" in v else d.instruction
-            if not instruction or not instruction.strip():
-                raise RowError(f"{where}: no instruction (fill the instruction column, or give one instruction for "
-                               "all rows after the manifest).")
-            negative = _str(v["negative"], "negative", where) if "negative" in v else d.negative
-            mask_ref, mask = (None, None)
-            if "mask" in v:
-                mask_ref, mask = _path(v["mask"], manifest.base_dir, "mask", where)
-            elif d.mask:
-                mask_ref, mask = d.mask, str(Path(d.mask).expanduser().absolute())
-            settings = {
-                "steps": _int(v["steps"], "steps", where) if "steps" in v else d.steps,
-                "text_guidance": _float(v["text_guidance"], "text_guidance", where) if "text_guidance" in v
-                else d.text_guidance,
-                "image_guidance": _float(v["image_guidance"], "image_guidance", where) if "image_guidance" in v
-                else d.image_guidance,
-                "scheduler": _scheduler(_str(v["scheduler"], "scheduler", where), where) if "scheduler" in v
-                else d.scheduler,
-                "seed": _int(v["seed"], "seed", where) if "seed" in v else d.seed + raw.index,
-                "strength": _float(v["strength"], "strength", where) if "strength" in v else d.strength,
-                "guidance_rescale": d.guidance_rescale, "eta": d.eta, "image_guidance_end": d.image_guidance_end,
-            }
-            try:
-                validate_settings(SamplerSettings(**settings))
-            except IP2PError as exc:
-                raise RowError(f"{where}: {exc}") from None
-            resize = _resize(_str(v["resize"], "resize", where), where) if "resize" in v else d.resize
-            output = _output_name(v["output"], where) if "output" in v else f"{stems[raw.index]}.png"
-            decided = {"image": image_ref, "mask": mask_ref, "instruction": instruction, "negative": negative,
-                       "settings": settings, "resize": resize, "output": output}
-            keys[raw.index] = row_key(identity, decided)
-            _claim(claimed, output, raw)
-            tasks.append(RowTask(row=raw.index, key=keys[raw.index], where=where, inputs=dict(v), output=output,
-                                 image=image, mask=mask, instruction=instruction, negative=negative,
-                                 settings=settings, resize=resize))
-        except RowError as exc:
-            keys[raw.index] = keys[raw.index] or _failed_key(identity, raw, str(exc))
-            failed.append((raw, str(exc)))
-    return Plan(tasks, failed, keys)
+            validate_settings(SamplerSettings(**settings))
+        except IP2PError as exc:
+            raise RowError(f"{where}: {exc}") from None
+        resize = _resize(_str(v["resize"], "resize", where), where) if "resize" in v else d.resize
+        decided = {"image": image_ref, "mask": mask_ref, "instruction": instruction, "negative": negative,
+                   "settings": settings, "resize": resize}
+        return decided, RowTask(row=raw.index, key="", where=where, inputs=dict(v), output=output, image=image,
+                                mask=mask, instruction=instruction, negative=negative, settings=settings,
+                                resize=resize)
+
+    return _plan(manifest, identity, build)
 
 
 def _failed_key(identity: dict, raw: RawRow, error: str) -> str:
@@ -334,55 +343,40 @@ def check_not_overwriting(tasks: list[RowTask], out_dir: Path) -> list[tuple[Row
 def plan_workflow_rows(manifest: Manifest, targets: "WorkflowTargets", d: EditDefaults, identity: dict,
                        input_root: Path) -> Plan:
     """Per row: the overrides that set its image, instruction, seed and NODE_ID.INPUT columns."""
-    stems = default_stems(manifest)
-    tasks, failed, keys, claimed = [], [], {}, {}
-    for raw in manifest.rows:
+
+    def build(raw: RawRow, output: str):
         v, where = raw.values, raw.where
-        keys[raw.index] = ""
-        try:
-            if raw.error:
-                raise RowError(raw.error)
-            overrides: dict[str, Any] = {}
-            decided: dict[str, Any] = {}
-            image = None
-            if "image" in v:
-                if targets.image is None:
-                    raise RowError(f"{where}: the workflow has no Load Image node for the image column.")
-                ref, image = _path(v["image"], manifest.base_dir, "image", where)
-                overrides[f"{targets.image}.image"] = _relative_to(image, input_root)
-                decided["image"] = ref
-            instruction = v.get("instruction", d.instruction)
-            if instruction is not None:
-                overrides[f"{targets.instruction}.instruction"] = _str(instruction, "instruction", where)
-                decided["instruction"] = instruction
-            seed = _int(v["seed"], "seed", where) if "seed" in v else d.seed + raw.index
-            for node in targets.seeds:
-                overrides[f"{node}.seed"] = seed
-            decided["seed"] = seed if targets.seeds else None
-            for column, value in v.items():
-                if is_node_column(column):
-                    node, _, name = column.partition(".")
-                    if node in targets.image_nodes and name == "image":
-                        ref, path = _path(value, manifest.base_dir, column, where)
-                        image = image or path
-                        overrides[column] = _relative_to(path, input_root)
-                        decided[column] = ref
-                    else:
-                        overrides[column] = value
-                        decided[column] = value
-            for node in targets.saves:  # a new prefix per row: Save Image runs for every row, never from the cache
-                overrides[f"{node}.filename_prefix"] = f"row{raw.index:06d}"
-            output = _output_name(v["output"], where) if "output" in v else f"{stems[raw.index]}.png"
-            decided["output"] = output
-            keys[raw.index] = row_key(identity, decided)
-            _claim(claimed, output, raw)
-            tasks.append(RowTask(row=raw.index, key=keys[raw.index], where=where, inputs=dict(v), output=output,
-                                 image=image, settings={"seed": seed} if targets.seeds else {},
-                                 overrides=overrides))
-        except RowError as exc:
-            keys[raw.index] = keys[raw.index] or _failed_key(identity, raw, str(exc))
-            failed.append((raw, str(exc)))
-    return Plan(tasks, failed, keys)
+        overrides: dict[str, Any] = {}
+        decided: dict[str, Any] = {}
+        image = None
+        if "image" in v:
+            ref, image = _path(v["image"], manifest.base_dir, "image", where)
+            overrides[f"{targets.image}.image"] = _relative_to(image, input_root)
+            decided["image"] = ref
+        instruction = v.get("instruction", d.instruction)
+        if instruction is not None:
+            overrides[f"{targets.instruction}.instruction"] = _str(instruction, "instruction", where)
+            decided["instruction"] = instruction
+        seed = _int(v["seed"], "seed", where) if "seed" in v else d.seed + raw.index
+        for node in targets.seeds:
+            overrides[f"{node}.seed"] = seed
+        decided["seed"] = seed if targets.seeds else None
+        for column, value in v.items():
+            if not is_node_column(column):
+                continue
+            node, _, name = column.partition(".")
+            if node in targets.image_nodes and name == "image":  # an image path, relative to the manifest
+                ref, path = _path(value, manifest.base_dir, column, where)
+                image = image or path
+                overrides[column], decided[column] = _relative_to(path, input_root), ref
+            else:
+                overrides[column] = decided[column] = value
+        for node in targets.saves:  # a new prefix per row: Save Image runs for every row, never from the cache
+            overrides[f"{node}.filename_prefix"] = f"row{raw.index:06d}"
+        return decided, RowTask(row=raw.index, key="", where=where, inputs=dict(v), output=output, image=image,
+                                settings={"seed": seed} if targets.seeds else {}, overrides=overrides)
+
+    return _plan(manifest, identity, build)
 
 
 def _relative_to(path: str, root: Path) -> str:
