@@ -3,6 +3,7 @@
     python bench/bench_batch.py                  # CPU: tiny model, 32 rows; loop vs batch size 1 and 4 vs Ray x2
     python bench/bench_batch.py --gpu            # CUDA: random-weight full SD 1.5, 512x512 fp16, batch 1 / 4 / 8
     OUT=/some/dir python bench/bench_batch.py --gpu   # also writes $OUT/bench_batch.json
+    python bench/bench_batch.py --gpu --device cpu --size 64 --rows 2 --steps 1   # dry run of the GPU mode
 
 Every side edits the same rows (image k with instruction k and seed 1000 + k, same scheduler, steps, guidance) and
 writes one PNG per row. The diffusers side is what a user would script: the pipeline loaded once, then one call and
@@ -40,7 +41,7 @@ def tiny_model(root: Path) -> Path:
     return testing.save_diffusers_folder(testing.tiny_sd_components(), root / "tiny-sd", sdxl=False)
 
 
-def full_sd15_fp16(root: Path) -> Path:
+def full_sd15_fp16(root: Path, device: str) -> Path:
     """SD 1.5's real UNet, VAE and CLIP-L architectures (shipped configs), random weights, saved in fp16."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -51,7 +52,7 @@ def full_sd15_fp16(root: Path) -> Path:
 
     cfg = family_config_dir("sd15")
     torch.manual_seed(0)
-    with torch.device("cuda"):  # random init of 1 B parameters is seconds on the GPU, a minute on the CPU
+    with torch.device(device):  # random init of 1 B parameters is seconds on the GPU, a minute on the CPU
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(cfg / "unet")))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(cfg / "vae")))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(cfg / "text_encoder")))
@@ -91,10 +92,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
 def diffusers_loop(model: Path, manifest: Path, out: Path, steps: int, device: str, dtype) -> float:
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(model), torch_dtype=dtype,
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(model), dtype=dtype,
                                                                    safety_checker=None, requires_safety_checker=False)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -108,14 +119,15 @@ def diffusers_loop(model: Path, manifest: Path, out: Path, steps: int, device: s
         result.images[0].save(out / f"{Path(row['image']).stem}.png")
 
     one(0, rows[0])  # warm-up (kernels, allocator), as the batch side's warm-up job
-    sync(device)
+    reset_peak(device)
     t0 = time.perf_counter()
     for k, row in enumerate(rows):
         one(k, row)
     sync(device)
     seconds = time.perf_counter() - t0
+    peak = peak_gib(device)
     pipe.to("cpu")  # leave the GPU to the batch side
-    return seconds
+    return seconds, peak
 
 
 def ipx2p_batch(model: Path, manifest: Path, out: Path, steps: int, device: str, dtype: str, *extra) -> float:
@@ -123,14 +135,14 @@ def ipx2p_batch(model: Path, manifest: Path, out: Path, steps: int, device: str,
 
     argv = ["batch", str(manifest), "-m", str(model), "--out", str(out), "--steps", str(steps), "--device", device,
             "--dtype", dtype, "--seed", str(SEED), "-q", *map(str, extra)]
-    sync(device)
+    reset_peak(device)
     t0 = time.perf_counter()
     code = main(argv)
     sync(device)
     seconds = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"ipx2p batch exited with {code}: {' '.join(argv)}")
-    return seconds
+    return seconds, peak_gib(device)
 
 
 def max_level_diff(a: Path, b: Path) -> int:
@@ -146,31 +158,34 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="CUDA mode: full SD 1.5 (random weights), 512x512, fp16")
     ap.add_argument("--rows", type=int, default=None, help="rows (default: 32 on CPU, 24 on the GPU)")
-    ap.add_argument("--steps", type=int, default=None, help="steps (default: 20 on CPU, 20 on the GPU)")
+    ap.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray side")
+    ap.add_argument("--device", default=None, help="override the device (e.g. --gpu --device cpu to dry-run it)")
+    ap.add_argument("--size", type=int, default=None, help="image side (default: 512 with --gpu, else 64)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    device = "cuda" if args.gpu else "cpu"
-    rows_n, steps = args.rows or (24 if args.gpu else 32), args.steps or 20
+    device = args.device or ("cuda" if args.gpu else "cpu")
+    rows_n, steps = args.rows or (24 if args.gpu else 32), args.steps
     root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     t0 = time.perf_counter()
-    model = full_sd15_fp16(root) if args.gpu else tiny_model(root)
+    model = full_sd15_fp16(root, device) if args.gpu else tiny_model(root)
     build_seconds = time.perf_counter() - t0
-    size = 512 if args.gpu else 64
+    size = args.size or (512 if args.gpu else 64)
     manifest = make_rows(root, rows_n, size)
     dtype, torch_dtype = ("fp16", torch.float16) if args.gpu else ("fp32", torch.float32)
 
     results = []
-    loop_s = diffusers_loop(model, manifest, root / "diffusers", steps, device, torch_dtype)
-    results.append({"side": "diffusers loop", "batch_size": 1, "workers": 1, "seconds": loop_s})
+    loop_s, peak = diffusers_loop(model, manifest, root / "diffusers", steps, device, torch_dtype)
+    results.append({"side": "diffusers loop", "batch_size": 1, "workers": 1, "seconds": loop_s, "peak_gib": peak})
 
     warm = root / "warm.csv"
     warm.write_text("image,instruction\n" + read_rows(manifest)[0]["image"] + ",warm up\n")
     ipx2p_batch(model, warm, root / "warm", steps, device, dtype, "--batch-size", 1)  # loads the model (cached)
     for bs in ((1, 4, 8) if args.gpu else (1, 4)):
         out = root / f"batch-bs{bs}"
-        seconds = ipx2p_batch(model, manifest, out, steps, device, dtype, "--batch-size", bs)
-        results.append({"side": "ipx2p batch", "batch_size": bs, "workers": 1, "seconds": seconds, "out": out})
+        seconds, peak = ipx2p_batch(model, manifest, out, steps, device, dtype, "--batch-size", bs)
+        results.append({"side": "ipx2p batch", "batch_size": bs, "workers": 1, "seconds": seconds, "out": out,
+                        "peak_gib": peak})
 
     if not args.gpu and not args.no_ray:
         try:
@@ -180,22 +195,25 @@ def main():
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             out = root / "ray"
-            seconds = ipx2p_batch(model, manifest, out, steps, device, dtype, "--ray", "--workers", 2)
+            seconds, _ = ipx2p_batch(model, manifest, out, steps, device, dtype, "--ray", "--workers", 2)
             results.append({"side": "ipx2p batch --ray", "batch_size": 1, "workers": 2, "seconds": seconds,
                             "out": out})
             ray.shutdown()
 
     loop_rate = rows_n / loop_s
-    name = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{'full SD 1.5 (random weights), 512x512 fp16' if args.gpu else 'tiny SD, 64x64 fp32'}, {rows_n} rows, "
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    kind = "full SD 1.5 (random weights)" if args.gpu else "tiny SD"
+    print(f"{kind}, {size}x{size} {dtype}, {rows_n} rows, "
           f"{steps} steps, euler_a; {name}, torch {torch.__version__} (model built in {build_seconds:.0f} s)")
-    print(f"{'side':<20} {'batch':>5} {'workers':>7} {'seconds':>8} {'rows/s':>7} {'ratio':>6} {'max|Δ| vs loop':>14}")
+    print(f"{'side':<20} {'batch':>5} {'workers':>7} {'seconds':>8} {'rows/s':>7} {'ratio':>6} {'max|Δ| vs loop':>14}"
+          f"{' peak GiB' if device == 'cuda' else ''}")
     for r in results:
         r["rows_per_s"] = rows_n / r["seconds"]
         r["ratio"] = r["rows_per_s"] / loop_rate
         r["max_level_diff"] = max_level_diff(root / "diffusers", r["out"]) if "out" in r else 0
+        peak = f" {r['peak_gib']:>8.2f}" if r.get("peak_gib") is not None else ""
         print(f"{r['side']:<20} {r['batch_size']:>5} {r['workers']:>7} {r['seconds']:>8.2f} {r['rows_per_s']:>7.2f} "
-              f"{r['ratio']:>6.2f} {r['max_level_diff']:>14}")
+              f"{r['ratio']:>6.2f} {r['max_level_diff']:>14}{peak}")
     if os.environ.get("OUT"):
         report = {"device": name, "torch": torch.__version__, "rows": rows_n, "steps": steps, "gpu": args.gpu,
                   "results": [{k: v for k, v in r.items() if k != "out"} for r in results]}

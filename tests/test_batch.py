@@ -316,3 +316,14 @@ def test_a_second_job_on_the_same_folder_is_refused(tiny_sd, photo, tmp_path, ca
         assert batch(tmp_path / "photos", "x", "-m", tiny_sd["folder"], "--out", out, "--steps", STEPS) == 2
     assert f"error: Another ipx2p batch is writing to {out}; wait for it to finish or use another --out folder." \
         in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_load_is_a_bad_command(photo, tmp_path, capsys):
+    make_photos(tmp_path / "photos", photo, 2)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    out = tmp_path / "out"
+    assert batch(tmp_path / "photos", "x", "-m", broken, "--out", out, "--steps", STEPS) == 2
+    err = capsys.readouterr().err
+    assert f"error: Could not read {broken} as safetensors" in err
+    assert (out / "results.jsonl").read_text() == ""  # no row was run or failed

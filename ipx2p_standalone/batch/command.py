@@ -111,6 +111,10 @@ def _prepare(args) -> _Job:
             import_ray()
         except RayUnavailable as exc:
             raise BadCommand(str(exc)) from None
+    else:
+        from ipx2p_core.models import parse_device
+
+        parse_device(args.device)  # an unknown or missing device is a bad command, found before any work
     workflow_mode = args.workflow is not None
     manifest = read_manifest(args.source, workflow=workflow_mode)
     if manifest.kind == "folder" and not workflow_mode and not args.instruction:
@@ -265,7 +269,7 @@ def _run(args, job: _Job) -> int:
     out = Path(job.spec.out_dir)
     clean_leftovers(out)
     plan, latest = job.plan, job.journal.latest()
-    pending, skipped, failed_before, failed_now = [], 0, 0, 0
+    pending, skipped, failed_before = [], 0, 0
     for task in plan.tasks:
         previous = latest.get(task.key)
         if previous and previous.get("status") == "done" and all((out / o).is_file() for o in previous["outputs"]):
@@ -274,28 +278,24 @@ def _run(args, job: _Job) -> int:
             failed_before += 1
         else:
             pending.append(task)
-    from .edit_worker import row_record
-
+    unplannable = []
     for raw, message in sorted(plan.failed, key=lambda f: f[0].index):
-        key = plan.keys[raw.index]
-        previous = latest.get(key)
+        previous = latest.get(plan.keys[raw.index])
         if previous and previous.get("status") == "failed" and not args.retry_failed:
             failed_before += 1
-            continue
-        stub = RowTask(row=raw.index, key=key, where=raw.where, inputs=raw.values, output="")
-        job.journal.append(row_record(stub, "failed", error=message))
-        failed_now += 1
-        if not args.quiet:
-            print(f"failed: {message}", file=sys.stderr)
+        else:
+            unplannable.append((raw, message))
     total = len(plan.tasks) + len(plan.failed)
-    if not args.quiet:
-        print(f"{total} rows: {skipped} already done (skipped), "
-              f"{failed_before} failed before{' (--retry-failed runs them again)' if failed_before else ''}, "
-              f"{len(pending)} to run.", file=sys.stderr)
-    counts = {"done": 0, "failed": failed_now}
+    counts = {"done": 0, "failed": 0}
     try:
-        if pending:
-            _execute(args, job, pending, counts, skipped)
+        records = _executor(args, job, pending) if pending else None  # loads the model here when in-process
+        if not args.quiet:
+            print(f"{total} rows: {skipped} already done (skipped), "
+                  f"{failed_before} failed before{' (--retry-failed runs them again)' if failed_before else ''}, "
+                  f"{len(pending)} to run.", file=sys.stderr)
+        _journal_unplannable(args, job, unplannable, counts)
+        if records is not None:
+            _execute(args, job, records, len(pending), counts, skipped)
     except KeyboardInterrupt:
         print(f"interrupted: {counts['done']} rows done in this run, {counts['failed']} failed; run the same "
               "command again to resume.", file=sys.stderr)
@@ -316,15 +316,26 @@ def _run(args, job: _Job) -> int:
     return EXIT_OK
 
 
+def _journal_unplannable(args, job: _Job, failed: list, counts: dict) -> None:
+    """Rows whose values cannot be used: journaled as failed without reaching a worker."""
+    from .edit_worker import row_record
+
+    for raw, message in failed:
+        stub = RowTask(row=raw.index, key=job.plan.keys[raw.index], where=raw.where, inputs=raw.values, output="")
+        job.journal.append(row_record(stub, "failed", error=message))
+        counts["failed"] += 1
+        if not args.quiet:
+            print(f"failed: {message}", file=sys.stderr)
+
+
 class _WorkerSetupError(RuntimeError):
     """A worker could not start (its model did not load): nothing ran."""
 
 
-def _execute(args, job: _Job, pending: list[RowTask], counts: dict, skipped: int) -> None:
+def _execute(args, job: _Job, records, count: int, counts: dict, skipped: int) -> None:
     from tqdm import tqdm
 
-    spec, records = _executor(args, job, pending)
-    bar = tqdm(total=len(pending), unit="row", desc="batch", file=sys.stderr, disable=args.quiet, smoothing=0.1)
+    bar = tqdm(total=count, unit="row", desc="batch", file=sys.stderr, disable=args.quiet, smoothing=0.1)
     bar.set_postfix(done=0, skipped=skipped, failed=counts["failed"], refresh=False)
     try:
         with contextlib.closing(records):
@@ -341,7 +352,7 @@ def _execute(args, job: _Job, pending: list[RowTask], counts: dict, skipped: int
 
 
 def _executor(args, job: _Job, pending: list[RowTask]):
-    """(spec with the batch size settled, an iterator of record lists) for local or Ray execution."""
+    """An iterator of record lists, local or on Ray, with the batch size and workers settled."""
     spec = job.spec
     if args.ray is not None:
         return _ray_executor(args, spec, pending)
@@ -363,8 +374,8 @@ def _executor(args, job: _Job, pending: list[RowTask]):
             raise _WorkerSetupError(str(exc)) from None
         if not args.quiet and spec.mode == "edit":
             print(f"Model: {loaded.describe()}", file=sys.stderr)
-        return spec, run_in_process(worker, chunks)
-    return spec, _setup_errors(run_in_processes(spec, chunks, workers, gpus))
+        return run_in_process(worker, chunks)
+    return _setup_errors(run_in_processes(spec, chunks, workers, gpus))
 
 
 def _ray_executor(args, spec: JobSpec, pending: list[RowTask]):
@@ -385,7 +396,7 @@ def _ray_executor(args, spec: JobSpec, pending: list[RowTask]):
             if started:  # a Ray we started for this job ends with it; a session the caller opened stays
                 ray.shutdown()
 
-    return spec, _setup_errors(records())
+    return _setup_errors(records())
 
 
 def _setup_errors(records):
