@@ -117,11 +117,16 @@ def test_same_outputs_across_batch_sizes_and_workers(tiny_sd, photo, tmp_path, m
         return real_sample(model, cond, image, settings, **kw)
 
     monkeypatch.setattr(ipx2p_core, "sample", counting_sample)
+    encoded = []
+    real_encode = ipx2p_core.encode_instruction
+    monkeypatch.setattr(ipx2p_core, "encode_instruction", lambda m, text, *a, **k: encoded.append(text) or
+                        real_encode(m, text, *a, **k))
     outs = {}
     for label, extra in (("b1", ["--batch-size", 1]), ("b4", ["--batch-size", 4]), ("w2", ["--workers", 2])):
         outs[label] = tmp_path / label
         assert batch(manifest, "-m", tiny_sd["folder"], "--out", outs[label], "--steps", STEPS, "-q", *extra) == 0
     assert batch_rows == [1, 1, 1, 1, 1, 4, 1]  # b1: five single rows; b4: a batch of four and the 3-step row
+    assert encoded == ["make it winter", "add snow"] * 2  # each in-process run encodes each instruction once
     for label in ("b4", "w2"):
         assert [r["status"] for r in results(outs[label])].count("done") == 5
         for n in names:
@@ -190,6 +195,7 @@ def test_changed_settings_run_again_and_missing_outputs_are_redone(tiny_sd, phot
     out = tmp_path / "out"
     argv = [tmp_path / "photos", "make it winter", "-m", tiny_sd["folder"], "--out", out]
     assert batch(*argv, "--steps", STEPS, "-q") == 0
+    assert capsys.readouterr().err == ""  # -q: no bar, no summary when every row is done
     first = results(out)
     (out / "p1.png").unlink()
     assert batch(*argv, "--steps", STEPS) == 0

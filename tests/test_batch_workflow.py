@@ -112,3 +112,25 @@ def test_workflow_bad_commands_exit_2(models, photo, tmp_path, capsys, extra, co
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert not (out / "results.jsonl").exists()
+
+
+def test_two_load_image_nodes_need_the_column_to_name_one(models, photo, tmp_path, capsys):
+    wf = load_example("ipx2p_sd15_edit_image")
+    loader = next(n for n in wf["nodes"] if n["type"] == "LoadImage")
+    wf["nodes"].append({**json.loads(json.dumps(loader)), "id": 9, "outputs": [
+        {"name": "IMAGE", "type": "IMAGE", "links": [], "slot_index": 0},
+        {"name": "MASK", "type": "MASK", "links": [], "slot_index": 1}]})
+    wf_path = tmp_path / "two_loaders.json"
+    wf_path.write_text(json.dumps(wf))
+    make_photos(tmp_path / "in" / "sub", photo, 2)
+    argv = ["batch", None, "make it winter", "--workflow", str(wf_path), "--models", str(models), "--out",
+            str(tmp_path / "out"), *_sets("ipx2p_sd15_edit_image"), "-q"]
+    argv[1] = str(write_csv(tmp_path / "in" / "rows.csv", [{"image": "sub/p0.png"}]))
+    assert main(argv) == 2
+    assert ("error: the image column needs exactly one Load Image node in the workflow, it has 2 (2, 9); name the "
+            "node in the column instead, e.g. 2.image.") in capsys.readouterr().err
+    argv[1] = str(write_csv(tmp_path / "in" / "rows.csv", [{"2.image": "sub/p0.png"}, {"2.image": "sub/p1.png"}]))
+    assert main(argv) == 0
+    rows = by_row(results(tmp_path / "out"))
+    assert [(r["status"], r["outputs"], r["inputs"]) for r in rows.values()] == [
+        ("done", ["p0.png"], {"2.image": "sub/p0.png"}), ("done", ["p1.png"], {"2.image": "sub/p1.png"})]

@@ -233,11 +233,12 @@ class Plan:
 
 
 def default_stems(manifest: Manifest) -> dict[int, str]:
-    """row -> output stem: the image's name; rows sharing an image name get '<name>-<row>' (rows with an output
-    column name their own)."""
+    """row -> output stem: the image's name (``image``, else a NODE_ID.image column); rows sharing an image name get
+    '<name>-<row>' (rows with an output column name their own)."""
     stems: dict[int, str] = {}
     for row in manifest.rows:
-        image = row.values.get("image")
+        image = row.values.get("image", next((v for c, v in row.values.items()
+                                              if is_node_column(c) and c.endswith(".image")), None))
         stems[row.index] = PurePosixPath(str(image).replace("\\", "/")).stem if isinstance(image, str) else ""
     counts: dict[str, int] = {}
     for row in manifest.rows:
