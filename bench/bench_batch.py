@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -164,9 +165,16 @@ def main():
     ap.add_argument("--size", type=int, default=None, help="image side (default: 512 with --gpu, else 64)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    try:
+        run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the GPU mode's model alone is 1.7 GB
+
+
+def run(args, root: Path) -> None:
     device = args.device or ("cuda" if args.gpu else "cpu")
     rows_n, steps = args.rows or (24 if args.gpu else 32), args.steps
-    root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     t0 = time.perf_counter()
     model = full_sd15_fp16(root, device) if args.gpu else tiny_model(root)
     build_seconds = time.perf_counter() - t0
