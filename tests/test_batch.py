@@ -277,11 +277,13 @@ def test_torn_last_line_is_closed_and_skipped(tiny_sd, photo, tmp_path):
     ("workers", "--workers must be at least 1, got 0."),
     ("ray_missing", "--ray needs Ray Data, which is not installed here. Install the extra: pip install -e \".[ray]\""),
     ("lora_missing", "File not found: {tmp}/style.safetensors"),
+    ("bad_option", "Steps must be a whole number of at least 1, got 0."),
+    ("mask_missing", "Mask not found: {tmp}/mask.png"),
 ])
 def test_bad_commands_exit_2_before_any_work(tiny_sd, photo, tmp_path, capsys, monkeypatch, case, message):
     make_photos(tmp_path / "photos", photo, 1)
     manifest = write_csv(tmp_path / "m.csv", [{"image": "photos/p0.png", "instruction": "x"}])
-    source, out, extra = manifest, tmp_path / "out", []
+    source, out, extra, instruction = manifest, tmp_path / "out", [], []
     if case == "unknown_column":
         write_csv(manifest, [{"image": "photos/p0.png", "colour": "red", "size": "2"}])
     elif case == "node_column":
@@ -298,7 +300,7 @@ def test_bad_commands_exit_2_before_any_work(tiny_sd, photo, tmp_path, capsys, m
     elif case == "folder_without_instruction":
         source = tmp_path / "photos"
     elif case == "out_is_the_input_folder":
-        source, out, extra = tmp_path / "photos", tmp_path / "photos", ["make it winter"]
+        source, out, instruction = tmp_path / "photos", tmp_path / "photos", ["make it winter"]
     elif case in ("batch_size", "workers"):
         extra = [f"--{case.replace('_', '-')}", 0]
     elif case == "ray_missing":
@@ -306,7 +308,11 @@ def test_bad_commands_exit_2_before_any_work(tiny_sd, photo, tmp_path, capsys, m
         extra = ["--ray"]
     elif case == "lora_missing":
         extra = ["--lora", tmp_path / "style.safetensors:0.5"]
-    argv = [source, *extra, "--out", out, "--steps", STEPS]
+    elif case == "bad_option":
+        extra = ["--steps", 0]
+    elif case == "mask_missing":
+        extra = ["--mask", tmp_path / "mask.png"]
+    argv = [source, *instruction, "--out", out, "--steps", STEPS, *extra]  # extra last: a repeated option wins
     if "-m" not in extra:
         argv += ["-m", tiny_sd["folder"]]
     assert batch(*argv) == 2

@@ -151,12 +151,16 @@ def _edit_spec(args, out: Path) -> tuple[JobSpec, str]:
     from ipx2p_core.image import ResizePolicy
     from ipx2p_core.models import resolve_model_path
 
-    from ..edit_commands import parse_lora_argument
+    from ..edit_commands import _settings, parse_lora_argument
     from ..hub import resolve_model_argument
 
     if not args.model:
         raise BadCommand("--model is needed (or --workflow to run a workflow file per row).")
     ResizePolicy.parse(args.resize)
+    _settings(args, guidance_rescale=args.guidance_rescale, eta=args.eta, strength=args.strength,
+              image_guidance_end=args.image_guidance_end)  # the command's own values: a bad one is a bad command
+    if args.mask and not Path(args.mask).is_file():
+        raise BadCommand(f"Mask not found: {args.mask} (looked for {Path(args.mask).absolute()}).")
     model_path = str(resolve_model_path(resolve_model_argument(args.model)))
     loras = tuple(parse_lora_argument(v) for v in args.lora)
     for path in [p for p, _, _ in loras] + list(args.embedding):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
@@ -39,21 +38,18 @@ class WorkflowWorker:
 
             from ..runner import Runner
 
-            out = Path(self.spec.out_dir)
-            self.staging = out / f"{STAGING_PREFIX}{worker_name().replace(':', '-')}"
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging.mkdir(parents=True)
+            # Private folders next to the outputs (same file system: outputs are renamed, not copied); the
+            # driver removes them when the job ends, or the next run does after a kill.
+            name = f"{STAGING_PREFIX}{worker_name().replace(':', '-')}"
+            self.staging = Path(self.spec.out_dir) / name
+            temp = Path(self.spec.out_dir) / f"{name}-temp"  # Preview Image files, never outputs
+            for folder in (self.staging, temp):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
             host = StandaloneHost(models_dir=self.spec.models_dir, device=self.spec.device)
             host.previews = False  # nobody watches the latents of a batch
-            self.runner = Runner(output_dir=self.staging, input_dir=self.spec.input_root,
-                                 temp_dir=tempfile.mkdtemp(prefix="ipx2p-batch-temp-"), host=host)
+            self.runner = Runner(output_dir=self.staging, input_dir=self.spec.input_root, temp_dir=temp, host=host)
         return self.runner
-
-    def close(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-        if self.runner is not None:
-            shutil.rmtree(self.runner.folders.temp, ignore_errors=True)
 
     def run(self, tasks: list[RowTask]) -> list[dict]:
         runner = self.load()
