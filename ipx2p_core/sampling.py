@@ -38,6 +38,10 @@ class SamplerSettings:
     ``strength`` < 1 starts from the input's latents noised to that level instead of pure noise (structure is
     kept); 1 is the standard edit. ``image_guidance_end`` makes image guidance change linearly from
     ``image_guidance`` at the first step to this value at the last.
+
+    ``seeds`` gives every output row its own generator (starting noise and the per-step noise of ancestral/SDE
+    schedulers), so a row in a batch gets the noise it would get alone with ``seed=seeds[k]``; ``seed`` is then
+    unused. Without it one generator seeded with ``seed`` serves the whole batch (diffusers' single generator).
     """
 
     steps: int = defaults.STEPS
@@ -52,6 +56,7 @@ class SamplerSettings:
     diffusers_gate: bool = False
     strength: float = defaults.STRENGTH
     image_guidance_end: float | None = defaults.IMAGE_GUIDANCE_END
+    seeds: tuple[int, ...] | None = None
 
     def with_(self, **changes) -> "SamplerSettings":
         return replace(self, **changes)
@@ -82,6 +87,12 @@ def validate_settings(s: SamplerSettings) -> GuidancePlan:
         raise IP2PError(f"Images per instruction must be at least 1, got {s.images_per_instruction!r}.")
     if not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
         raise IP2PError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {s.seed!r}.")
+    if s.seeds is not None:
+        if not isinstance(s.seeds, tuple) or not s.seeds:
+            raise IP2PError(f"Seeds must be a non-empty tuple of whole numbers (one per output row), got {s.seeds!r}.")
+        for seed in s.seeds:
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise IP2PError(f"Each of seeds must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
     if not (isinstance(s.eta, (int, float)) and 0.0 <= s.eta <= 1.0):
         raise IP2PError(f"eta must be between 0 and 1, got {s.eta!r}.")
     if s.denoising_end is not None and not (0.0 < float(s.denoising_end) <= 1.0):
@@ -97,6 +108,17 @@ def cpu_generator(seed: int) -> torch.Generator:
     """Noise always comes from a CPU generator, so a seed gives the same picture on every device."""
     # torch seeds are signed 64-bit internally; fold the unsigned ComfyUI range onto it deterministically.
     return torch.Generator("cpu").manual_seed(seed if seed < 2**63 else seed - 2**64)
+
+
+def _generators(s: SamplerSettings, batch: int) -> torch.Generator | list[torch.Generator]:
+    """One generator for the batch, or (``seeds``) one per output row, as diffusers' pipelines accept."""
+    if s.seeds is None:
+        return cpu_generator(s.seed)
+    if len(s.seeds) != batch:
+        raise IP2PError(f"Got {len(s.seeds)} seeds for {batch} output rows; give one seed per output row "
+                        "(pairs x images per instruction).")
+    return [cpu_generator(seed) for seed in s.seeds]
+
 
 
 @dataclass(frozen=True)
@@ -180,7 +202,7 @@ class _Cell:
 
     settings: SamplerSettings
     scheduler: object
-    generator: torch.Generator
+    generator: torch.Generator | list[torch.Generator]
     noise: torch.Tensor
     latents: torch.Tensor
     plans: list
@@ -196,7 +218,7 @@ class _Cell:
         device, dtype = model.device, model.dtype
         scheduler = make_scheduler(s.scheduler, model.scheduler_config, auto=model.family.default_scheduler)
         timesteps = _timesteps(scheduler, s.steps, s.denoising_end, s.strength, device, model.is_edm)
-        generator = cpu_generator(s.seed)
+        generator = _generators(s, shape[0])
         cell_noise = (randn_tensor(shape, generator=generator, device=device, dtype=dtype) if noise is None
                       else noise.to(device, dtype))
         if s.strength < 1.0:

@@ -9,6 +9,7 @@ import warnings
 
 from ipx2p_core.errors import Cancelled, IP2PError
 
+from .batch.command import add_batch_parser
 from .edit_commands import add_edit_parsers, parse_lora_argument
 
 __all__ = ["main", "parse_lora_argument"]
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and warnings")
     sub = parser.add_subparsers(dest="command", required=True)
     add_edit_parsers(sub)
+    add_batch_parser(sub)
     _add_run_parser(sub)
     _add_studio_parser(sub)
     return parser

@@ -17,8 +17,8 @@ from ipx2p_core.schedulers import SCHEDULERS
 # ------------------------------------------------------------------------------------------------------- arguments
 
 
-def _add_model_arguments(p) -> None:
-    p.add_argument("--model", "-m", required=True,
+def _add_model_arguments(p, model_required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=model_required,
                    help="diffusers folder, .safetensors file, or Hub id (timbrooks/instruct-pix2pix)")
     p.add_argument("--dtype", default=defaults.DTYPE, choices=["auto", "fp32", "fp16", "bf16"],
                    help="model precision; auto (default) = fp16 on a GPU, fp32 on the CPU")
@@ -54,19 +54,8 @@ def _add_sampling_arguments(p, guidance: bool = True) -> None:
                         "was sampled at)")
 
 
-def add_edit_parsers(sub) -> None:
-    p = sub.add_parser(
-        "edit",
-        help="edit an image following an instruction",
-        description="Edit IMAGE following INSTRUCTION with an InstructPix2Pix model (SD 1.5, SDXL or CosXL Edit).",
-    )
-    p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
-    p.add_argument("instruction", help='what to change, e.g. "make it winter"')
-    p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
-    _add_model_arguments(p)
-    _add_sampling_arguments(p)
-    p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
-                   help="number of edits to make (different noise each)")
+def add_edit_options(p) -> None:
+    """Options of a single edit beyond the sampling ones (``ipx2p edit`` and ``ipx2p batch``)."""
     p.add_argument("--guidance-rescale", type=float, default=defaults.GUIDANCE_RESCALE,
                    help=f"0..1, counters over-saturation (default {defaults.GUIDANCE_RESCALE:g})")
     p.add_argument("--eta", type=float, default=defaults.ETA, help=f"DDIM eta (default {defaults.ETA:g})")
@@ -82,6 +71,22 @@ def add_edit_parsers(sub) -> None:
                    help=f"grow (or, negative, shrink) the mask by N pixels (default {defaults.MASK_GROW})")
     p.add_argument("--mask-feather", type=int, default=defaults.MASK_FEATHER,
                    help=f"soften the mask's edge over N pixels (default {defaults.MASK_FEATHER})")
+
+
+def add_edit_parsers(sub) -> None:
+    p = sub.add_parser(
+        "edit",
+        help="edit an image following an instruction",
+        description="Edit IMAGE following INSTRUCTION with an InstructPix2Pix model (SD 1.5, SDXL or CosXL Edit).",
+    )
+    p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
+    p.add_argument("instruction", help='what to change, e.g. "make it winter"')
+    p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
+    _add_model_arguments(p)
+    _add_sampling_arguments(p)
+    p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
+                   help="number of edits to make (different noise each)")
+    add_edit_options(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser(
@@ -183,7 +188,8 @@ def parse_lora_argument(value: str) -> tuple[str, float, float]:
     return path, strength, text
 
 
-def save_png(image, path: Path, metadata: dict) -> None:
+def png_info(metadata: dict):
+    """The PNG text chunks of an edit: ``ipx2p`` (JSON settings) and A1111-style ``parameters``."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -195,8 +201,12 @@ def save_png(image, path: Path, metadata: dict) -> None:
             f"Steps: {metadata['steps']}, Sampler: {metadata['scheduler']}, CFG scale: {metadata['text_guidance']}, "
             f"Image CFG scale: {metadata['image_guidance']}, Seed: {metadata['seed']}, Model: {metadata['model']}",
         )
+    return info
+
+
+def save_png(image, path: Path, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    image.save(path, pnginfo=png_info(metadata))
 
 
 def _settings(args, **extra):
