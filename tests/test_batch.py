@@ -99,7 +99,7 @@ def test_csv_with_edit_options_on_sdxl(tiny_sdxl, photo, tmp_path):
     with Image.open(out / "p2.png") as img:
         assert json.loads(img.text["ipx2p"])["instruction"] == "make it a statue"
     with Image.open(out / "p1.png") as img:
-        assert img.size == (64, 64) and json.loads(img.text["ipx2p"])["mask"] == "mask.png"  # fit:64 crops
+        assert img.size == (44, 32) and json.loads(img.text["ipx2p"])["mask"] == "mask.png"  # fit:64, restored (default)
 
 
 def test_same_outputs_across_batch_sizes_and_workers(tiny_sd, photo, tmp_path, monkeypatch):
@@ -337,5 +337,5 @@ def test_a_model_that_does_not_load_is_a_bad_command(photo, tmp_path, capsys):
     out = tmp_path / "out"
     assert batch(tmp_path / "photos", "x", "-m", broken, "--out", out, "--steps", STEPS) == 2
     err = capsys.readouterr().err
-    assert f"error: Could not read {broken} as safetensors" in err
+    assert f"error: Could not read model {broken} as safetensors" in err
     assert (out / "results.jsonl").read_text() == ""  # no row was run or failed

@@ -96,7 +96,7 @@ class EditWorker:
 
         settings = SamplerSettings(**task.settings)
         validate_settings(settings)
-        resolve_scheduler_name(settings.scheduler, model.is_edm)  # a sampler of the wrong kind fails this row only
+        resolve_scheduler_name(settings.scheduler, model.is_edm, model.family.default_scheduler)  # a sampler of the wrong kind fails this row only
         image = open_image(task.image)
         mask = None
         if task.mask:
@@ -174,7 +174,7 @@ class EditWorker:
 
         task = p.task
         args = SimpleNamespace(instruction=task.instruction, negative=task.negative, resize=task.resize,
-                               dtype=self.spec.dtype, mask=task.inputs.get("mask", task.mask), **task.settings)
+                               dtype=_precision(model), mask=task.inputs.get("mask", task.mask), **task.settings)
         meta = {**settings_metadata(args, model, task.settings["seed"]), "index": 0}
         buffer = io.BytesIO()
         images_to_pil(pixels[None])[0].save(buffer, format="PNG", pnginfo=png_info(meta))
@@ -213,3 +213,10 @@ def concat_image_latents(items: list[ImageLatents]) -> ImageLatents:
         region = EditRegion(**{name: torch.cat([getattr(i.region, name) for i in items])
                                for name in ("pixel_mask", "latent_mask", "pixels", "source_mask", "source_pixels")})
     return replace(items[0], latents=torch.cat([i.latents for i in items]), region=region)
+
+
+def _precision(model) -> str:
+    """The precision the model runs in (fp32/fp16/bf16), as ``ipx2p edit`` records it (not the asked-for "auto")."""
+    from ipx2p_core.models import DTYPES
+
+    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)

@@ -137,6 +137,8 @@ def _str(value, column: str, where: str) -> str:
 def _scheduler(value: str, where: str) -> str:
     from ipx2p_core.schedulers import resolve_scheduler_name
 
+    if value in ("", "auto"):  # the model family's own default, resolved by the worker
+        return value
     try:
         resolve_scheduler_name(value, edm_model=False)
     except IP2PError as first:
