@@ -10,6 +10,8 @@ from ipx2p_core import defaults
 from ipx2p_core.errors import IP2PError
 from ipx2p_core.schedulers import SCHEDULERS
 
+from .compile_option import add_compile_argument, show_compile_progress
+
 
 # ------------------------------------------------------------------------------------------------------- arguments
 
@@ -29,6 +31,7 @@ def _add_model_arguments(p) -> None:
                    help="load a textual-inversion embedding (repeatable); use it as embedding:NAME "
                         "(NAME = file name) or by its token")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_compile_argument(p)
 
 
 def _add_sampling_arguments(p, guidance: bool = True) -> None:
@@ -221,7 +224,10 @@ def _load(args):
     model_path = resolve_model_argument(args.model)
     if not args.quiet:
         print(f"Loading {args.model} ...", file=sys.stderr)
-    model = load_model(model_path, family=args.family, dtype=args.dtype, device=args.device, config=args.config)
+    if args.compile:
+        show_compile_progress(args.quiet)
+    model = load_model(model_path, family=args.family, dtype=args.dtype, device=args.device, config=args.config,
+                       fast=args.compile)
     for path, strength, text in loras:
         model = apply_lora(model, path, strength, text)
     for path in args.embedding:
