@@ -101,13 +101,15 @@ def test_compiled_sdxl_matches_eager(tiny_sdxl, compile_cache):
     assert float((a - b).abs().max()) <= 1e-3
 
 
-def test_second_process_loads_compiled_code_from_the_cache(tiny_sd, sd_pair, compile_cache):
-    """What a new process does: dynamo traces again, inductor finds the generated code on disk."""
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
+def test_second_process_reuses_the_compiled_kernels(tiny_sd, sd_pair, compile_cache):
+    """What a new process does: dynamo traces again and inductor generates the graph again, but every C++ kernel is
+    found compiled in the cache folder. (The graph itself is not stored on the CPU: it holds oneDNN-prepacked
+    weights, which inductor's FX graph cache cannot save; on a GPU the whole graph is loaded from the cache.)"""
     from torch._inductor.utils import clear_caches
 
+    kernels = sorted(p.name for p in compile_cache.rglob("*.so"))
+    assert kernels  # the first compile left its kernels
+    torch._dynamo.reset()
     clear_caches()
     messages = []
 
@@ -118,13 +120,11 @@ def test_second_process_loads_compiled_code_from_the_cache(tiny_sd, sd_pair, com
 
     fast.set_compile_notice(notice)
     try:
-        hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
         again = load_model(tiny_sd["folder"], cache=None, fast=True)
     finally:
         fast.set_compile_notice(None)
-    assert again.compiled
-    assert counters["inductor"]["fxgraph_cache_hit"] > hits
-    assert counters["inductor"]["fxgraph_cache_miss"] == misses
+    assert again.compiled and fast.compiled_forward(again.unet).compiles == 1
+    assert sorted(p.name for p in compile_cache.rglob("*.so")) == kernels  # nothing compiled by the C++ compiler
     assert messages and messages[0].startswith("compiling the UNet (cached, about ")
 
 
