@@ -2,6 +2,7 @@
 
     python bench/bench_engine.py                 # tiny model and full SD 1.5 architecture at 256x256
     python bench/bench_engine.py --only tiny --runs 5
+    python bench/bench_engine.py --compile       # fast mode: compiled vs diffusers vs eager, 10 steps (fast_bench.py)
 
 Both sides get the same weights, image, instruction, seed, scheduler and steps. diffusers runs stock modules (a copy
 of the UNet taken before the engine's loader adds its CPU speed-ups, ipx2p_core/speedups.py), as a diffusers user
@@ -145,10 +146,27 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny-steps", type=int, default=20)
     ap.add_argument("--full-steps", type=int, default=10)
+    ap.add_argument("--compile", action="store_true",
+                    help="fast mode: engine compiled vs diffusers vs engine eager, per-step times, compile time and "
+                         "the model-cost limit (both models at --full-steps steps)")
     args = ap.parse_args()
     device = torch.device(args.device)
     pairs = [(7.5, 1.5), (7.5, 1.0)]
     rng = np.random.RandomState(0)
+    if args.compile:
+        from fast_bench import compile_case, print_rows
+
+        rows = []
+        if args.only in (None, "tiny"):
+            img = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
+            rows += compile_case("tiny SD", tiny_models.tiny_sd_components(), img, args.full_steps, args.runs, device,
+                                 pairs)
+        if args.only in (None, "full"):
+            img = Image.fromarray(rng.randint(0, 255, (256, 256, 3), dtype=np.uint8))
+            rows += compile_case("SD 1.5 full, 256²", full_sd15_components(device), img, args.full_steps,
+                                 args.runs, device, pairs)
+        print_rows(rows, device, args.runs)
+        return
     rows = []
     if args.only in (None, "tiny"):
         img = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))

@@ -92,7 +92,17 @@ class IP2PModel:
             text += f" + {len(self.loras)} LoRA{'s' if len(self.loras) > 1 else ''}"
         if self.embeddings:
             text += f" + {len(self.embeddings)} embedding{'s' if len(self.embeddings) > 1 else ''}"
-        return text
+        from .fast import describe as fast_describe
+
+        return text + fast_describe(self)
+
+    @property
+    def compiled(self) -> bool:
+        """Loaded in fast mode, with the UNet's compile working (not fallen back to eager)."""
+        from .fast import compiled_forward
+
+        fwd = compiled_forward(self.unet)
+        return fwd is not None and fwd.compiled is not None
 
 
 # -------------------------------------------------------------------------------------------------- family detection
@@ -438,7 +448,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 
 class ModelCache:
-    """Loaded models keyed by (path, mtime, size, dtype, device, family, config); least recently used goes first."""
+    """Loaded models keyed by (path, mtime, size, dtype, device, family, config, fast); least recently used goes first."""
 
     def __init__(self, max_entries: int = 2):
         self.max_entries = max_entries
@@ -505,6 +515,7 @@ def load_model(
     device: str | torch.device | None = "cpu",
     config: str | os.PathLike | None = None,
     cache: ModelCache | None = MODEL_CACHE,
+    fast: bool = False,
 ) -> IP2PModel:
     """Load an InstructPix2Pix model of any registered family (SD 1.5, SDXL, CosXL Edit) from a diffusers folder or
     a single file. ``family``: "auto" (read from the weights) or a family name / row.
@@ -512,12 +523,16 @@ def load_model(
     ``config`` is a diffusers-layout folder of component configs for single files whose architecture differs from
     the released models (the shipped configs are used otherwise). Loading either completes or raises
     ``IP2PError``; nothing half-loaded is cached.
+
+    ``fast`` compiles the UNet (fast mode, ``ipx2p_core.fast``): the first load pays a compile, cached on disk for
+    later processes; a compiled and an eager model of the same file are separate cache entries.
     """
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
     p = resolve_model_path(path)
     family_name = family.name if isinstance(family, FamilySpec) else str(family or "auto")
-    key = (str(p), _stat_key(p), torch_dtype, str(torch_device), family_name, str(config or ""))
+    key = (str(p), _stat_key(p), torch_dtype, str(torch_device), family_name, str(config or ""),
+           bool(fast))
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     with torch.inference_mode(False), torch.no_grad():
@@ -525,6 +540,10 @@ def load_model(
             model = _load_folder(p, family, torch_dtype, torch_device)
         else:
             model = _load_single_file(p, family, config, torch_dtype, torch_device)
+    if fast:
+        from .fast import make_fast
+
+        make_fast(model)
     log.info("Loaded %s", model.describe())
     if cache is not None:
         cache.put(key, model)

@@ -10,6 +10,7 @@ import warnings
 from ipx2p_core.errors import Cancelled, IP2PError
 
 from .batch.command import add_batch_parser
+from .compile_option import add_compile_argument, show_compile_progress
 from .edit_commands import add_edit_parsers, parse_lora_argument
 
 __all__ = ["main", "parse_lora_argument"]
@@ -37,6 +38,8 @@ def _add_run_parser(sub) -> None:
                         "(default $IPX2P_MODELS or ./models)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the written files and errors")
+    add_compile_argument(p, help="fast mode for every Load Model node of the workflow (as if its compile input "
+                                 "were on); see `ipx2p edit --help`")
     p.set_defaults(func=cmd_run)
 
 
@@ -53,6 +56,9 @@ def cmd_run(args) -> int:
         return EXIT_ERROR
     host = StandaloneHost(models_dir=args.models, device=args.device, temp_dir=args.temp_dir)
     host.previews = False  # nothing here shows latent previews; skip making them
+    host.compile_models = args.compile
+    if args.compile:
+        show_compile_progress(args.quiet)
     if not args.quiet and not getattr(args, "verbose", False):
         _no_library_progress_bars()  # our per-node lines and step bar are the progress shown
     runner = Runner(output_dir=args.output_dir, input_dir=args.input_dir, host=host)
@@ -158,6 +164,8 @@ def _add_studio_parser(sub) -> None:
     p.add_argument("--temp-dir", default=None, help="PreviewImage files (default: a temporary folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--max-upload-mb", type=float, default=100, help="largest upload accepted (default 100)")
+    add_compile_argument(p, help="fast mode for every model the studio loads (as if each Load Model node's compile "
+                                 "input were on): the first prompt with a model compiles it, later ones run faster")
     p.set_defaults(func=cmd_studio)
 
 
@@ -169,9 +177,10 @@ def cmd_studio(args) -> int:
               "pip install -e \".[studio]\"", file=sys.stderr)
         return EXIT_ERROR
     logging.getLogger("ipx2p_standalone").setLevel(logging.INFO)  # one line per finished prompt
+    logging.getLogger("ipx2p_core.fast").setLevel(logging.INFO)  # "compiling the UNet ..." lines in fast mode
     config = StudioConfig(host=args.host, port=args.port, models_dir=args.models, output_dir=args.output_dir,
                           input_dir=args.input_dir, user_dir=args.user_dir, temp_dir=args.temp_dir,
-                          device=args.device, max_upload_mb=args.max_upload_mb)
+                          device=args.device, max_upload_mb=args.max_upload_mb, compile_models=args.compile)
     try:
         run_studio(config)
     except StudioError as exc:

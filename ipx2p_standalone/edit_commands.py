@@ -13,6 +13,8 @@ from ipx2p_core.number_lists import format_number_list, parse_number_list
 from ipx2p_core.families import family_names
 from ipx2p_core.schedulers import SCHEDULERS
 
+from .compile_option import add_compile_argument, show_compile_progress
+
 
 # ------------------------------------------------------------------------------------------------------- arguments
 
@@ -34,6 +36,7 @@ def _add_model_arguments(p, model_required: bool = True) -> None:
                    help="load a textual-inversion embedding (repeatable); use it as embedding:NAME "
                         "(NAME = file name) or by its token")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_compile_argument(p)
 
 
 def _add_sampling_arguments(p, guidance: bool = True) -> None:
@@ -238,7 +241,10 @@ def _load(args):
         print(f"Loading {args.model} ...", file=sys.stderr)
     device = parse_device(args.device)
     args.dtype = defaults.dtype_for(args.dtype, device.type)  # the precision used, also for the PNG metadata
-    model = load_model(model_path, family=args.family, dtype=args.dtype, device=device, config=args.config)
+    if args.compile:
+        show_compile_progress(args.quiet)
+    model = load_model(model_path, family=args.family, dtype=args.dtype, device=device, config=args.config,
+                       fast=args.compile)
     for path, strength, text in loras:
         model = apply_lora(model, path, strength, text)
     for path in args.embedding:

@@ -30,6 +30,7 @@ class StandaloneHost:
         self.extra_dirs: dict[str, list[Path]] = {}
         self.progress_callback: Callable[[int, int, object | None], None] | None = None
         self.previews = True
+        self.compile_models = False  # Load Model compiles every model (fast mode), as `ipx2p run/studio --compile`
         self._interrupt = threading.Event()
 
     # model folders

@@ -60,7 +60,13 @@ class IPX2PLoadModel:
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": defaults.DEVICE,
                                                             "tooltip": "Where the model runs; auto follows the host "
                                                                        "(ComfyUI's --cpu etc.)."}),
-            }
+            },
+            "optional": {
+                "compile": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Fast mode: compile the UNet with torch.compile. The first run "
+                                                   "on a machine spends minutes compiling (cached on disk after "
+                                                   "that); then every step is faster. Worth it for many edits."}),
+            },
         }
 
     @classmethod
@@ -78,10 +84,12 @@ class IPX2PLoadModel:
             return str(exc)
         return True
 
-    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE):
+    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE, compile=False):
         path = resolve_model_choice(model_name)
         dev = core.models.parse_device(get_host().device() if device == "auto" else device)
-        return (core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev),)
+        fast = bool(compile) or bool(getattr(get_host(), "compile_models", False))  # `ipx2p run/studio --compile`
+        return (core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
+                                fast=fast),)
 
 
 class IPX2PApplyLoRA:

@@ -57,6 +57,7 @@ class StudioConfig:
     user_dir: str | os.PathLike = "user"
     temp_dir: str | os.PathLike | None = None  # None: a fresh temporary folder, removed at exit
     device: str | None = None
+    compile_models: bool = False  # fast mode for every model loaded (--compile)
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     previews: bool = True
@@ -155,6 +156,7 @@ class Studio:
         self.server_features = {"supports_preview_metadata": True, "max_upload_size": self.max_upload}
         self.host = StandaloneHost(models_dir=config.models_dir, device=config.device, temp_dir=self.folders["temp"])
         self.host.previews = config.previews
+        self.host.compile_models = config.compile_models
         runner_args = dict(node_classes=config.node_classes, display_names=config.display_names,
                            output_dir=self.folders["output"], input_dir=self.folders["input"], host=self.host)
         # The worker's runner executes; a second runner over the same classes, folders and host answers validation
