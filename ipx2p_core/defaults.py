@@ -40,6 +40,7 @@ LORA_STRENGTH = 1.0
 FAMILY = "auto"  # read from the weights
 DEVICE = "auto"  # the host's device (ComfyUI's choice inside ComfyUI; CUDA, then MPS, then the CPU outside it)
 DTYPE = "auto"  # fp16 on a GPU, fp32 on the CPU (see dtype_for)
+COMPILE = False  # fast mode (ipx2p_core/fast.py) is opt-in: its first compile on a machine takes minutes
 
 
 def dtype_for(dtype: str, device_type: str) -> str:

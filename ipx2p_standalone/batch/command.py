@@ -171,7 +171,7 @@ def _edit_spec(args, out: Path) -> tuple[JobSpec, str]:
                    loras=tuple((str(Path(p).absolute()), s, t) for p, s, t in loras),
                    embeddings=tuple(str(Path(p).absolute()) for p in args.embedding),
                    restore_size=args.restore_size, mask_grow=args.mask_grow, mask_feather=args.mask_feather,
-                   batch_size=args.batch_size or 1)
+                   batch_size=args.batch_size or 1, compile=args.compile)
     return spec, model_path
 
 
@@ -210,7 +210,7 @@ def _workflow_spec(args, manifest, out: Path) -> tuple[JobSpec, WorkflowTargets,
     _check_workflow_columns(manifest, prompt, runner, targets, args)
     _preflight(runner, workflow, overrides, targets, manifest, args.instruction)
     spec = JobSpec(mode="workflow", out_dir=str(out), device=args.device, workflow=workflow, overrides=overrides,
-                   models_dir=args.models, input_root=str(input_root), batch_size=1)
+                   models_dir=args.models, input_root=str(input_root), batch_size=1, compile=args.compile)
     return spec, targets, input_root
 
 
@@ -291,6 +291,11 @@ def _run(args, job: _Job) -> int:
             unplannable.append((raw, message))
     total = len(plan.tasks) + len(plan.failed)
     counts = {"done": 0, "failed": 0}
+    if pending and args.compile and not args.quiet:
+        from ipx2p_core.fast import compile_cache_dir
+
+        print(f"fast mode: each worker compiles the UNet when it loads the model (the first time on this machine "
+              f"takes minutes; compiled code is cached in {compile_cache_dir()})", file=sys.stderr)
     try:
         records = _executor(args, job, pending) if pending else None  # loads the model here when in-process
         if not args.quiet:

@@ -39,6 +39,15 @@ def row_record(task: RowTask, status: str, *, outputs=(), sha256=(), error: str 
     }
 
 
+def mark_compile(spec: JobSpec, records: list[dict]) -> list[dict]:
+    """With --compile, each record's settings say so (``"compile": true``; the PNGs of rows that ran compiled
+    carry ``"compiled": true`` in their metadata)."""
+    if spec.compile:
+        for record in records:
+            record["settings"] = {**record["settings"], "compile": True}
+    return records
+
+
 def error_text(exc: BaseException) -> str:
     """One line: engine errors as they are, anything else with its type."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -68,6 +77,7 @@ class EditWorker:
 
             args = SimpleNamespace(model=self.spec.model, family=self.spec.family, dtype=self.spec.dtype,
                                    device=self.spec.device, config=self.spec.config, quiet=True,
+                                   compile=self.spec.compile,
                                    lora=[f"{p}:{s}:{t}" for p, s, t in self.spec.loras],
                                    embedding=list(self.spec.embeddings))
             self.model = _load(args)
@@ -85,7 +95,7 @@ class EditWorker:
                                           seconds=time.perf_counter() - started))
         for group in self._groups(ready):
             records += self._run_group(model, group)
-        return records
+        return mark_compile(self.spec, records)
 
     # ------------------------------------------------------------------------------------------------ one row
 

@@ -53,6 +53,9 @@ class JobSpec:
     out_dir: str
     device: str | None = "auto"
     batch_size: int = 1
+    # Fast mode (--compile): each worker loads its model compiled. Not part of a row's key: compiled pixels equal
+    # eager ones within 1e-3 (tests/test_fast.py), as a row's pixels do not depend on --batch-size either.
+    compile: bool = False
     # edit mode
     model: str | None = None
     dtype: str = defaults.DTYPE

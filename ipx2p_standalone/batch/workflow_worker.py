@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
-from .edit_worker import row_record
+from .edit_worker import mark_compile, row_record
 from .journal import STAGING_PREFIX, worker_name
 from .tasks import JobSpec, RowTask
 
@@ -48,12 +48,13 @@ class WorkflowWorker:
                 folder.mkdir(parents=True)
             host = StandaloneHost(models_dir=self.spec.models_dir, device=self.spec.device)
             host.previews = False  # nobody watches the latents of a batch
+            host.compile_models = self.spec.compile  # every Load Model node compiles (--compile)
             self.runner = Runner(output_dir=self.staging, input_dir=self.spec.input_root, temp_dir=temp, host=host)
         return self.runner
 
     def run(self, tasks: list[RowTask]) -> list[dict]:
         runner = self.load()
-        return [self._run_row(runner, task) for task in tasks]
+        return mark_compile(self.spec, [self._run_row(runner, task) for task in tasks])
 
     def _run_row(self, runner, task: RowTask) -> dict:
         started = time.perf_counter()
