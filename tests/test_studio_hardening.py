@@ -4,6 +4,7 @@ log buffer bounded in bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import json
@@ -304,3 +305,90 @@ def test_the_log_buffer_is_bounded_in_bytes_and_clips_long_lines():
     assert entries[-1]["m"] == "INFO ipx2p-test-log-buffer: the last line\n"
     assert entries[-2]["m"].startswith("WARNING ipx2p-test-log-buffer: Invalid prompt 14: xxx")
     assert entries[-2]["m"].endswith(f"... [{4 * MB + 50 - 1000:,} more characters not kept]\n")
+
+
+# ---------------------------------------------------------------------------------------------- point 2
+
+
+def stalled_socket(server, client_id: str):
+    """A websocket client that completes the handshake and then never reads: a tiny receive window, so the
+    server's buffers toward it fill after a few MB at most."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    handshake = b""
+    while b"\r\n\r\n" not in handshake:
+        handshake += sock.recv(1)  # only the response head: the rest (the welcome) is never read
+    assert handshake.startswith(b"HTTP/1.1 101"), handshake
+    return sock
+
+
+@pytest.mark.parametrize("limit", ["backlog", "send_timeout"])
+def test_a_client_that_never_reads_is_dropped_and_never_delays_the_others(dummy, limit):
+    hub = dummy.studio.hub
+    if limit == "send_timeout":  # a backlog too large to hit: the send timeout must catch it
+        hub.max_backlog, hub.send_timeout = 1 << 40, 1.0
+    blob = "x" * MB
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            ws = await connect(s, dummy, "normal")
+            sock = stalled_socket(dummy, "stalled")
+            deadline = time.monotonic() + 10
+            while "stalled" not in hub.clients and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            # 40 MB for the stalled client, queued the way the worker queues events; then a run for the normal one
+            for i in range(40):
+                hub.send_threadsafe("flood", {"i": i, "blob": blob}, "stalled")
+            started = time.monotonic()
+            pids = [await queue(s, dummy, chain(f"run{i}"), "normal") for i in range(3)]
+            events = await read_until(ws, finished(pids[-1]), timeout=30)
+            took = time.monotonic() - started
+            while "stalled" in hub.clients and time.monotonic() < deadline + 20:
+                await asyncio.sleep(0.05)
+            await ws.close()
+            sock.close()
+            return pids, events, took
+
+    pids, events, took = run(scenario())
+    print(f"{limit}: the normal client's 3 runs took {took:.2f} s; dropped: {hub.dropped}")
+    assert took < 5.0
+    assert [d["prompt_id"] for k, d in events if k == "execution_success"] == pids
+    executed = [d["output"]["text"] for k, d in events if k == "executed"]
+    assert executed == [["run0=7.0"], ["run1=7.0"], ["run2=7.0"]]
+    assert "stalled" not in hub.clients
+    (sid, why), = [d for d in hub.dropped if d[0] == "stalled"]
+    if limit == "backlog":
+        assert why.endswith(f"more than {8 * MB:,}")
+    else:
+        assert why == "a message was not taken within 1 s"
+
+
+def test_a_client_that_falls_behind_loses_previews_first_never_other_events():
+    from ipx2p_standalone.studio.events import Client, Hub, Preview
+
+    async def scenario():
+        hub = Hub({}, preview_backlog=100_000, max_backlog=1_000_000)
+        await hub.start()
+        client = Client(ws=None)
+        hub.clients["c"] = client  # no sender task: nothing is taken from its outbox, as with a stalled socket
+        for i in range(10):
+            hub.send_preview(Preview(b"j" * 30_000, {"node_id": "1"}), "c")
+            hub.send("progress", {"value": i, "max": 10}, "c")
+        hub.send("executed", {"node": "5", "output": {"text": ["done"]}}, "c")
+        frames = []
+        while not client.outbox.empty():
+            frames.append(client.outbox.get_nowait())
+        return client, frames
+
+    client, frames = run(scenario())
+    texts = [json.loads(f)["type"] for f in frames if isinstance(f, str)]
+    assert texts == ["progress"] * 10 + ["executed"]
+    assert sum(isinstance(f, bytes) for f in frames) == 3 and client.skipped_previews == 7
