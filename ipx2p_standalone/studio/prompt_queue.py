@@ -153,6 +153,15 @@ class PromptQueue:
         with self._mutex:
             return self.running.prompt_id if self.running is not None else None
 
+    def interrupt_if_running(self, prompt_id: str, interrupt) -> bool:
+        """Call ``interrupt()`` only while ``prompt_id`` runs. The check and the call hold the queue's lock, which
+        the worker needs to move to the next item, so a late interrupt can never stop the prompt after it."""
+        with self._mutex:
+            if self.running is None or self.running.prompt_id != prompt_id:
+                return False
+            interrupt()
+            return True
+
     def set_flag(self, name: str, value) -> None:
         with self._not_empty:
             self.flags[name] = value

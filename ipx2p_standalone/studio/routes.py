@@ -219,11 +219,10 @@ class Api:
     async def interrupt(self, request: web.Request) -> web.Response:
         body = await _json_body(request, {})  # a body that is not JSON interrupts nothing: 400 says why
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        running = self.studio.queue.running_id()
-        if prompt_id and prompt_id != running:
-            log.info("Prompt %s is not running; nothing interrupted", prompt_id)
-        else:
+        if not prompt_id:
             self.studio.runner.interrupt()
+        elif not self.studio.queue.interrupt_if_running(str(prompt_id), self.studio.runner.interrupt):
+            log.info("Prompt %s is not running; nothing interrupted", str(prompt_id)[:200])
         return web.Response(status=200)
 
     async def free(self, request: web.Request) -> web.Response:
