@@ -18,10 +18,9 @@ import pytest
 from dummy_nodes import NODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from studio_helpers import studio_in
 
-from ipx2p_nodes.host import get_host, set_host
 from ipx2p_standalone.runner import Runner
-from ipx2p_standalone.studio import StudioServer
 from ipx2p_standalone.workflow import WorkflowFormatError, ui_to_api
 
 ROUTE_EXAMPLES = int(os.environ.get("IPX2P_FUZZ_EXAMPLES", "800"))
@@ -130,12 +129,8 @@ request = st.one_of(
 
 @pytest.fixture()
 def dummy(tmp_path):
-    d = {k: tmp_path / k for k in ("models", "input", "output", "user", "temp")}
-    previous = get_host()
-    with StudioServer(models_dir=d["models"], input_dir=d["input"], output_dir=d["output"], user_dir=d["user"],
-                      temp_dir=d["temp"], device="cpu", node_classes=NODES) as server:
+    with studio_in(tmp_path, node_classes=NODES) as server:
         yield server
-    set_host(previous)
 
 
 class _Errors(logging.Handler):

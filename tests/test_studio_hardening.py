@@ -5,21 +5,17 @@ log buffer bounded in bytes."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import logging
 import time
 
 import aiohttp
-import psutil
 import pytest
 from dummy_nodes import NODES
 from PIL import Image
-from studio_helpers import connect, finished, queue, read_until, run
+from studio_helpers import connect, finished, queue, read_until, rss, run, studio_in
 
-from ipx2p_nodes.host import get_host, set_host
-from ipx2p_standalone.studio import StudioServer
 from ipx2p_standalone.studio.app import LogBuffer
 from ipx2p_standalone.studio.bounds import (MAX_EXTRA_DATA_BYTES, MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH,
                                             MAX_TEXT_INPUT_CHARS, BadRequest, bounded_extra_data, parse_json)
@@ -27,27 +23,17 @@ from ipx2p_standalone.studio.bounds import (MAX_EXTRA_DATA_BYTES, MAX_JSON_BODY_
 MB = 1024 * 1024
 
 
-def make_server(tmp_path, **kw):
-    d = {k: tmp_path / k for k in ("models", "input", "output", "user", "temp")}
-    return StudioServer(models_dir=d["models"], input_dir=d["input"], output_dir=d["output"], user_dir=d["user"],
-                        temp_dir=d["temp"], device="cpu", **kw)
-
-
 @pytest.fixture()
 def dummy(tmp_path):
-    previous = get_host()
-    with make_server(tmp_path, node_classes=NODES) as server:
+    with studio_in(tmp_path, node_classes=NODES) as server:
         yield server
-    set_host(previous)
 
 
 @pytest.fixture()
 def pack(tmp_path):
     """A studio over this pack's real nodes (no model needed: the requests here are refused before loading one)."""
-    previous = get_host()
-    with make_server(tmp_path) as server:
+    with studio_in(tmp_path) as server:
         yield server
-    set_host(previous)
 
 
 def chain(label="out"):
@@ -64,11 +50,6 @@ def edit_prompt(instruction: str) -> dict:
             "3": {"class_type": "IPX2PEditImage", "inputs": {"model": ["1", 0], "image": ["2", 0],
                                                               "instruction": instruction}},
             "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
-
-
-def rss() -> int:
-    gc.collect()
-    return psutil.Process().memory_info().rss
 
 
 # ---------------------------------------------------------------------------------------------- point 1

@@ -6,17 +6,13 @@ the small test nodes run in milliseconds, so the whole soak takes seconds. Print
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 
 import aiohttp
-import psutil
 import pytest
 from dummy_nodes import NODES, Slow
-from studio_helpers import connect, decode, run
+from studio_helpers import connect, decode, rss, run, studio_in
 
-from ipx2p_nodes.host import get_host, set_host
-from ipx2p_standalone.studio import StudioServer
 
 CLIENTS = 8
 PER_CLIENT = 25
@@ -25,14 +21,12 @@ MB = 1024 * 1024
 
 @pytest.fixture()
 def dummy(tmp_path):
-    d = {k: tmp_path / k for k in ("models", "input", "output", "user", "temp")}
-    previous = get_host()
     Slow.on_step = lambda i: time.sleep(0.01)  # a slow prompt takes 0.2 s unless interrupted
-    with StudioServer(models_dir=d["models"], input_dir=d["input"], output_dir=d["output"], user_dir=d["user"],
-                      temp_dir=d["temp"], device="cpu", node_classes=NODES) as server:
-        yield server
-    Slow.on_step = None
-    set_host(previous)
+    try:
+        with studio_in(tmp_path, node_classes=NODES) as server:
+            yield server
+    finally:
+        Slow.on_step = None
 
 
 def plan(n: int) -> str:
@@ -57,11 +51,6 @@ def prompt_for(n: int, kind: str) -> dict:
             "2": {"class_type": "Number", "inputs": {"value": 1.0}},
             "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
             "5": {"class_type": "Show", "inputs": {"value": ["3", 0], "label": label}}}
-
-
-def rss() -> int:
-    gc.collect()
-    return psutil.Process().memory_info().rss
 
 
 def test_soak_200_prompts_from_8_clients_with_interrupts_and_deletes(dummy):
