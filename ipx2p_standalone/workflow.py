@@ -507,9 +507,52 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
 def _refuse_unsupported(workflow) -> None:
     if not is_ui_workflow(workflow):
         raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
+    _check_shape(workflow)
     if (workflow.get("definitions") or {}).get("subgraphs"):
         raise WorkflowFormatError("This workflow uses subgraphs, which the standalone runner does not support; "
                                   "unpack them in ComfyUI (right-click → Unpack Subgraph) and save again.")
+
+
+def _check_shape(workflow: dict) -> None:
+    """Refuse, with WorkflowFormatError naming the part, a UI workflow whose parts have the wrong JSON types (what a
+    hand-edited or corrupted file has): the converter below may then index every part as the format says."""
+    def fail(where: str, expected: str, value) -> None:
+        raise WorkflowFormatError(f"{where} must be {expected}, not {type(value).__name__} {str(value)[:60]!r}.")
+
+    scalar = (str, int, type(None))
+    for key in ("extra", "definitions"):
+        if not isinstance(workflow.get(key), (dict, type(None))):
+            fail(f"'{key}'", "an object", workflow[key])
+    if not isinstance((workflow.get("extra") or {}).get("groupNodes"), (dict, type(None))):
+        fail("'extra.groupNodes'", "an object", workflow["extra"]["groupNodes"])
+    links = workflow.get("links")
+    if not isinstance(links, (list, type(None))):
+        fail("'links'", "a list", links)
+    for i, raw in enumerate(links or []):
+        if isinstance(raw, dict):
+            ends = [raw.get("id"), raw.get("origin_id"), raw.get("target_id")]
+            slots = [raw.get("origin_slot", 0), raw.get("target_slot", 0)]
+        elif isinstance(raw, (list, tuple)) and len(raw) >= 5:
+            ends, slots = [raw[0], raw[1], raw[3]], [raw[2], raw[4]]
+        else:
+            continue  # not a link: skipped, as the frontend does
+        if not all(isinstance(v, scalar) for v in ends) or not all(isinstance(v, int) for v in slots):
+            fail(f"Link {i}", "[id, from node, from slot, to node, to slot, type] with integer slots", raw)
+    for i, node in enumerate(workflow["nodes"]):
+        if not isinstance(node, dict):
+            fail(f"Node {i} in 'nodes'", "an object", node)
+        if not isinstance(node.get("id"), scalar) or not isinstance(node.get("type"), scalar):
+            fail(f"Node {i}'s id and type", "strings or numbers", [node.get("id"), node.get("type")])
+        for key, kind in (("inputs", list), ("outputs", list), ("properties", dict)):
+            if not isinstance(node.get(key), (kind, type(None))):
+                fail(f"Node {node['id']}'s '{key}'", f"a{'n object' if kind is dict else ' list'}", node[key])
+        for slot in (node.get("inputs") or []) + (node.get("outputs") or []):
+            if not isinstance(slot, dict) or not isinstance(slot.get("link"), scalar) \
+                    or not isinstance(slot.get("name"), scalar) or isinstance(slot.get("type"), (dict, list)):
+                fail(f"Node {node['id']}'s input or output", "an object {name, type, link}", slot)
+        if not isinstance(node.get("widgets_values"), (list, dict, type(None))) or \
+                (node.get("type") == "PrimitiveNode" and not isinstance(node.get("widgets_values"), (list, type(None)))):
+            fail(f"Node {node['id']}'s 'widgets_values'", "a list", node["widgets_values"])
 
 
 def _widget_inputs(graph: _UiGraph, conv: Conversion, node_id: str, node: dict, rng) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 
@@ -71,3 +72,30 @@ async def queue(session, server, prompt, client_id, **extra):
         body = await r.json()
         assert r.status == 200, body
         return body["prompt_id"]
+
+
+@contextlib.contextmanager
+def studio_in(tmp_path, **kw):
+    """A studio on a free port over folders in ``tmp_path`` (``node_classes=NODES`` for the small test nodes);
+    the nodes' host is put back afterwards."""
+    from ipx2p_nodes.host import get_host, set_host
+    from ipx2p_standalone.studio import StudioServer
+
+    d = {k: tmp_path / k for k in ("models", "input", "output", "user", "temp")}
+    previous = get_host()
+    try:
+        with StudioServer(models_dir=d["models"], input_dir=d["input"], output_dir=d["output"], user_dir=d["user"],
+                          temp_dir=d["temp"], device="cpu", **kw) as server:
+            yield server
+    finally:
+        set_host(previous)
+
+
+def rss() -> int:
+    """This process's resident memory (the studio of these tests runs in it), after a garbage collection."""
+    import gc
+
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss

@@ -418,7 +418,7 @@ def test_malformed_prompts_are_refused_and_the_server_goes_on(dummy):
     statuses, events = run(scenario())
     for status, body in statuses[:-5]:
         assert status == 400 and set(body) == {"error", "node_errors"}, body
-    assert [s for s, _ in statuses[-5:]] == [400, 400, 400, 400, 200]  # interrupt ignores a bad body
+    assert [s for s, _ in statuses[-5:]] == [400, 400, 400, 400, 400]  # interrupt too: a bad body interrupts nothing
     assert events_of(events, "execution_success")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .bounds import MAX_LOG_BYTES, MAX_LOG_ENTRY_CHARS, clip_text
 from .files import Files
 from .events import Hub
 from .prompt_queue import PromptQueue, Worker
@@ -96,27 +97,43 @@ def frontend_static(explicit=None) -> tuple[Path, str | None]:
 
 
 class LogBuffer(logging.Handler):
-    """The last log lines, for the frontend's log panel (``/internal/logs``), pushed to subscribed clients."""
+    """The last log lines, for the frontend's log panel (``/internal/logs``), pushed to subscribed clients.
 
-    def __init__(self, hub: Hub, size: int = 500):
+    Bounded in bytes, not lines: each line is clipped to ``MAX_LOG_ENTRY_CHARS`` and the oldest lines go once all
+    together pass ``max_bytes`` (15 prompts refused for a 4 MB instruction once made 500 lines weigh 61 MB)."""
+
+    def __init__(self, hub: Hub, max_bytes: int = MAX_LOG_BYTES, max_entry_chars: int = MAX_LOG_ENTRY_CHARS):
         super().__init__(level=logging.INFO)
         self.hub = hub
-        self._entries: collections.deque = collections.deque(maxlen=size)
+        self.max_bytes = max_bytes
+        self.max_entry_chars = max_entry_chars
+        self._entries: collections.deque = collections.deque()
+        self._sizes: collections.deque = collections.deque()
+        self.bytes = 0
+        self._lock_entries = threading.Lock()
         self._subscribers: set[str] = set()
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             entry = {"t": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
-                     "m": self.format(record) + "\n"}
-            self._entries.append(entry)
+                     "m": clip_text(self.format(record), self.max_entry_chars) + "\n"}
+            size = len(entry["m"].encode("utf-8", "replace")) + len(entry["t"])
+            with self._lock_entries:
+                self._entries.append(entry)
+                self._sizes.append(size)
+                self.bytes += size
+                while self.bytes > self.max_bytes and len(self._entries) > 1:
+                    self._entries.popleft()
+                    self.bytes -= self._sizes.popleft()
             for sid in list(self._subscribers):
                 self.hub.send_threadsafe("logs", {"entries": [entry], "size": {"cols": 120, "rows": 30}}, sid)
         except Exception:  # noqa: BLE001 - logging must never raise
             pass
 
     def entries(self) -> list[dict]:
-        return list(self._entries)
+        with self._lock_entries:
+            return list(self._entries)
 
     def subscribe(self, sid: str, enabled: bool) -> None:
         (self._subscribers.add if enabled else self._subscribers.discard)(sid)

@@ -1,9 +1,10 @@
-"""The websocket side of the studio: who is connected, what they can receive, and one ordered outbox.
+"""The websocket side of the studio: who is connected, what they can receive, and an ordered outbox per client.
 
 Messages are ``{"type": event, "data": {...}}`` JSON texts, sent to one client (``sid``) or to everyone
 (``sid=None``), plus binary preview frames. Anything may queue a message (``send`` on the event loop,
-``send_threadsafe`` from the worker thread); one publisher task sends them in the order they were queued, so
-a client sees a run's events in the order the runner produced them.
+``send_threadsafe`` from the worker thread); each client's sender task sends its messages in the order they were
+queued, so a client sees a run's events in the order the runner produced them, and one client that stops reading
+never delays the others (see :class:`Hub`).
 
 Binary preview frames start with a big-endian u32 event type: 4 (``PREVIEW_IMAGE_WITH_METADATA``: u32 length of a
 JSON metadata object, the JSON, then the image bytes) for clients that said ``supports_preview_metadata`` in their
@@ -27,12 +28,33 @@ PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG = 1
 PREVIEW_MAX_SIZE = 512
+# A client's socket must take each message within SEND_TIMEOUT_S; previews (512 px JPEGs, about 30-60 kB) are
+# skipped once PREVIEW_BACKLOG_BYTES wait for it, and it is dropped once MAX_BACKLOG_BYTES wait: a page that keeps up
+# never has more than a few kB waiting.
+SEND_TIMEOUT_S = 10.0
+PREVIEW_BACKLOG_BYTES = 1024 * 1024
+MAX_BACKLOG_BYTES = 8 * 1024 * 1024
+DROPPED_KEPT = 100
+
+
+def _abort(client: "Client") -> None:
+    transport = client.transport
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 @dataclass
 class Client:
+    """One socket, and what waits to be sent on it: its own outbox and sender task, so a client that stops reading
+    only ever delays itself."""
+
     ws: web.WebSocketResponse
+    transport: object = None  # the TCP transport, aborted when the client is dropped
     feature_flags: dict = field(default_factory=dict)
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    backlog_bytes: int = 0  # bytes queued in outbox, not yet handed to the socket
+    skipped_previews: int = 0
+    sender: asyncio.Task | None = None
 
     @property
     def wants_metadata(self) -> bool:
@@ -66,70 +88,110 @@ def preview_frame(preview: Preview, with_metadata: bool) -> bytes:
 
 
 class Hub:
-    def __init__(self, server_features: dict):
+    """Who is connected, and the fan-out: every message is encoded once and put in each target client's outbox.
+
+    Each client has its own sender task, a bounded backlog and a send timeout. A client whose backlog passes
+    ``preview_backlog`` bytes loses previews (never other events); one whose backlog passes ``max_backlog`` bytes,
+    or whose socket does not take a message within ``send_timeout`` seconds, is dropped (its connection aborted; the
+    frontend reconnects and asks for the queue again). The others never wait for it.
+    """
+
+    def __init__(self, server_features: dict, send_timeout: float = SEND_TIMEOUT_S,
+                 max_backlog: int = MAX_BACKLOG_BYTES, preview_backlog: int = PREVIEW_BACKLOG_BYTES):
         self.server_features = server_features
+        self.send_timeout = send_timeout
+        self.max_backlog = max_backlog
+        self.preview_backlog = preview_backlog
         self.clients: dict[str, Client] = {}
+        self.dropped: list[tuple[str, str]] = []  # (sid, why), the most recent DROPPED_KEPT
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: asyncio.Queue | None = None
-        self._publisher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
-        self._publisher = asyncio.create_task(self._publish(), name="ipx2p-studio-publisher")
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-            try:
-                await self._publisher
-            except asyncio.CancelledError:
-                pass
-            self._publisher = None
         for client in list(self.clients.values()):
-            try:
-                await client.ws.close(code=1001, message=b"server shutting down")
-            except Exception:  # noqa: BLE001
-                pass
+            if client.sender is not None:
+                client.sender.cancel()
+            try:  # a client that stopped reading cannot hold the shutdown up
+                await asyncio.wait_for(client.ws.close(code=1001, message=b"server shutting down"), 1.0)
+            except Exception:  # noqa: BLE001 - including the timeout
+                _abort(client)
         self.clients.clear()
 
     # ------------------------------------------------------------------------------------------------ sending
 
     def send(self, event: str, data, sid: str | None = None) -> None:
-        """Queue a JSON message (call on the event loop)."""
-        if self._outbox is not None:
-            self._outbox.put_nowait(("json", event, data, sid))
+        """Queue a JSON message for one client or (``sid=None``) everyone. Call on the event loop."""
+        text = json.dumps({"type": event, "data": data}, default=str)
+        for target_sid, client in self._targets(sid):
+            self._enqueue(target_sid, client, text, preview=False)
 
     def send_threadsafe(self, event: str, data, sid: str | None = None) -> None:
         """Queue a JSON message from another thread (the worker)."""
+        self._call_soon(self.send, event, data, sid)
+
+    def send_preview(self, preview: Preview, sid: str | None) -> None:
+        frames: dict[bool, bytes] = {}
+        for target_sid, client in self._targets(sid):
+            wants = client.wants_metadata
+            if wants not in frames:
+                frames[wants] = preview_frame(preview, wants)
+            self._enqueue(target_sid, client, frames[wants], preview=True)
+
+    def send_preview_threadsafe(self, preview: Preview, sid: str | None) -> None:
+        self._call_soon(self.send_preview, preview, sid)
+
+    def _call_soon(self, fn, *args) -> None:
+        # call_soon_threadsafe keeps the worker's order: events and previews reach each outbox as they were made
         if self.loop is not None and not self.loop.is_closed():
             try:
-                self.loop.call_soon_threadsafe(self.send, event, data, sid)
+                self.loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # the loop stopped between the check and the call
                 pass
 
-    def send_preview_threadsafe(self, preview: Preview, sid: str | None) -> None:
-        if self.loop is not None and not self.loop.is_closed() and self._outbox is not None:
-            try:
-                self.loop.call_soon_threadsafe(self._outbox.put_nowait, ("preview", None, preview, sid))
-            except RuntimeError:
-                pass
+    def _targets(self, sid: str | None) -> list[tuple[str, Client]]:
+        if sid is None:
+            return list(self.clients.items())
+        client = self.clients.get(sid)
+        return [(sid, client)] if client is not None else []
 
-    async def _publish(self) -> None:
+    def _enqueue(self, sid: str, client: Client, frame: str | bytes, preview: bool) -> None:
+        size = len(frame)
+        if preview and client.backlog_bytes + size > self.preview_backlog:
+            client.skipped_previews += 1
+            return
+        if client.backlog_bytes + size > self.max_backlog:
+            self.drop(sid, client, f"{client.backlog_bytes + size:,} bytes waiting, more than {self.max_backlog:,}")
+            return
+        client.backlog_bytes += size
+        client.outbox.put_nowait(frame)
+
+    async def _send_loop(self, sid: str, client: Client) -> None:
         while True:
-            kind, event, data, sid = await self._outbox.get()
-            targets = list(self.clients.items()) if sid is None else \
-                ([(sid, self.clients[sid])] if sid in self.clients else [])
-            for target_sid, client in targets:
-                try:
-                    if kind == "json":
-                        await client.ws.send_str(json.dumps({"type": event, "data": data}))
-                    else:
-                        await client.ws.send_bytes(preview_frame(data, client.wants_metadata))
-                except Exception as exc:  # noqa: BLE001 - a closed or broken socket must not stop the others
-                    log.debug("Could not send %s to client %s: %s", event or "preview", target_sid, exc)
+            frame = await client.outbox.get()
+            client.backlog_bytes -= len(frame)
+            send = client.ws.send_str(frame) if isinstance(frame, str) else client.ws.send_bytes(frame)
+            try:
+                await asyncio.wait_for(send, self.send_timeout)
+            except asyncio.TimeoutError:
+                self.drop(sid, client, f"a message was not taken within {self.send_timeout:g} s")
+                return
+            except Exception as exc:  # noqa: BLE001 - a closed or broken socket: its handler removes it
+                log.debug("Could not send to client %s: %s", sid, exc)
+                return
+
+    def drop(self, sid: str, client: Client, why: str) -> None:
+        """Disconnect a client that fell behind; everyone else goes on."""
+        log.warning("Dropped websocket client %s: %s", sid, why)
+        self.dropped = (self.dropped + [(sid, why)])[-DROPPED_KEPT:]
+        if self.clients.get(sid) is client:
+            del self.clients[sid]
+        if client.sender is not None and client.sender is not asyncio.current_task():
+            client.sender.cancel()
+        _abort(client)
 
     # ------------------------------------------------------------------------------------------------ the socket
 
@@ -142,11 +204,16 @@ class Hub:
             import uuid
 
             sid = uuid.uuid4().hex
-        client = Client(ws)
-        self.clients[sid] = client  # a reconnecting client replaces its old socket
+        client = Client(ws, transport=request.transport)
+        old = self.clients.get(sid)
+        if old is not None and old.sender is not None:  # a reconnecting client replaces its old socket
+            old.sender.cancel()
+        self.clients[sid] = client
+        # no await between registering and queueing the welcome: it is the first thing the client receives
+        for event, data in welcome(sid):
+            self._enqueue(sid, client, json.dumps({"type": event, "data": data}), preview=False)
+        client.sender = asyncio.create_task(self._send_loop(sid, client), name=f"ipx2p-studio-ws-{sid[:40]}")
         try:
-            for event, data in welcome(sid):
-                await ws.send_str(json.dumps({"type": event, "data": data}))
             first = True
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -157,7 +224,7 @@ class Hub:
                         if first and message.get("type") == "feature_flags":
                             flags = message.get("data")
                             client.feature_flags = dict(flags) if isinstance(flags, dict) else {}
-                            await ws.send_str(json.dumps({"type": "feature_flags", "data": self.server_features}))
+                            self.send("feature_flags", self.server_features, sid)
                         else:
                             log.debug("Ignored websocket message %r from %s", message.get("type"), sid)
                     except Exception as exc:  # noqa: BLE001 - a malformed message never stops the server
@@ -171,4 +238,5 @@ class Hub:
         finally:
             if self.clients.get(sid) is client:
                 del self.clients[sid]
+            client.sender.cancel()
         return ws

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import mimetypes
 import os
@@ -20,6 +19,7 @@ from aiohttp import web
 from ipx2p_core.paths import contained_path
 
 from ..builtin_nodes import split_annotation
+from .bounds import BadRequest, parse_json
 from .security import ImageRejected, check_image_bytes, open_checked_image, safe_filename, write_atomic
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ class Files:
         fmt = parts[0].lower()
         if fmt not in ("webp", "jpeg") or "a" in channel:
             fmt = "webp"
-        quality = int(parts[-1]) if parts[-1].isdigit() else 90
+        # isdigit() is true for '²' and other digits int() refuses: only ASCII digits are a quality
+        quality = int(parts[-1]) if parts[-1].isascii() and parts[-1].isdigit() else 90
         quality = max(1, min(quality, 100))
 
         def convert() -> bytes:
@@ -189,12 +190,15 @@ class Files:
         from PIL import Image
         from PIL.PngImagePlugin import PngInfo
 
+        shape = "original_ref must be JSON {filename: string, subfolder?: string, type?: input|output|temp}"
+        raw = post.get("original_ref") or ""
         try:
-            ref = json.loads(post.get("original_ref") or "")
-            if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
-                raise ValueError
-        except (ValueError, TypeError):
-            raise ImageRejected("original_ref must be JSON {filename, subfolder?, type?}") from None
+            ref = parse_json(raw) if isinstance(raw, str) else None
+        except BadRequest:
+            ref = None
+        if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) \
+                or not isinstance(ref.get("subfolder") or "", str) or not isinstance(ref.get("type") or "", str):
+            raise ImageRejected(shape)
         name, kind = split_annotation(ref["filename"])
         base = self.folders.get(kind or ref.get("type") or "output")
         if base is None:

@@ -20,11 +20,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .bounds import MAX_HISTORY_BYTES, bounded_extra_data, json_size
 from .events import Hub, encode_preview
 
 log = logging.getLogger(__name__)
 
-MAX_HISTORY = 10000
+MAX_HISTORY = 10000  # entries; MAX_HISTORY_BYTES bounds their size together
 # Never kept: the frontend sends these for Comfy.org API nodes, which the studio does not have.
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
 
@@ -51,6 +52,9 @@ class PromptQueue:
         self._seq = itertools.count()
         self.running: QueueItem | None = None
         self.history: OrderedDict[str, dict] = OrderedDict()
+        self._history_sizes: dict[str, int] = {}  # bytes of each entry as JSON
+        self.history_bytes = 0
+        self.max_history_bytes = MAX_HISTORY_BYTES
         self.flags: dict = {}
         self.number = 0
         self.closed = False
@@ -79,10 +83,19 @@ class PromptQueue:
             self.number += 1
             return -number if front else number
 
+    def knows(self, prompt_id: str) -> bool:
+        """Whether ``prompt_id`` is pending, running or in the history (a client's id must be new)."""
+        with self._mutex:
+            return (prompt_id in self.history or (self.running is not None and self.running.prompt_id == prompt_id)
+                    or any(i.prompt_id == prompt_id for i in self._pending))
+
     def put(self, number: float, prompt_id: str, prompt: dict, extra_data: dict, outputs: list) -> QueueItem:
+        """Queue an item; raises KeyError when ``prompt_id`` is already pending, running or in the history."""
         extra = {k: v for k, v in (extra_data or {}).items() if k not in SENSITIVE_EXTRA_DATA}
         item = QueueItem(number, next(self._seq), prompt_id, prompt, extra, list(outputs))
         with self._mutex:
+            if self.knows(prompt_id):
+                raise KeyError(prompt_id)
             heapq.heappush(self._pending, item)
             self._not_empty.notify_all()
         self._broadcast_status(threadsafe=False)
@@ -101,12 +114,22 @@ class PromptQueue:
         return item
 
     def done(self, item: QueueItem, entry: dict) -> None:
+        size = json_size(entry)  # measured outside the lock: a big workflow takes milliseconds
         with self._mutex:
             self.running = None
-            if len(self.history) >= MAX_HISTORY:
-                self.history.popitem(last=False)
+            self._forget(item.prompt_id)
+            while self.history and (len(self.history) >= MAX_HISTORY
+                                    or self.history_bytes + size > self.max_history_bytes):
+                self._forget(next(iter(self.history)))
             self.history[item.prompt_id] = entry
+            self._history_sizes[item.prompt_id] = size
+            self.history_bytes += size
         self._broadcast_status(threadsafe=True)
+
+    def _forget(self, prompt_id: str) -> None:
+        """Drop one history entry (call with the mutex held)."""
+        if self.history.pop(prompt_id, None) is not None:
+            self.history_bytes -= self._history_sizes.pop(prompt_id, 0)
 
     def snapshot(self) -> dict:
         with self._mutex:
@@ -129,6 +152,15 @@ class PromptQueue:
     def running_id(self) -> str | None:
         with self._mutex:
             return self.running.prompt_id if self.running is not None else None
+
+    def interrupt_if_running(self, prompt_id: str, interrupt) -> bool:
+        """Call ``interrupt()`` only while ``prompt_id`` runs. The check and the call hold the queue's lock, which
+        the worker needs to move to the next item, so a late interrupt can never stop the prompt after it."""
+        with self._mutex:
+            if self.running is None or self.running.prompt_id != prompt_id:
+                return False
+            interrupt()
+            return True
 
     def set_flag(self, name: str, value) -> None:
         with self._not_empty:
@@ -163,11 +195,13 @@ class PromptQueue:
     def clear_history(self) -> None:
         with self._mutex:
             self.history.clear()
+            self._history_sizes.clear()
+            self.history_bytes = 0
 
     def delete_history(self, prompt_ids) -> None:
         with self._mutex:
             for p in prompt_ids:
-                self.history.pop(str(p), None)
+                self._forget(str(p))
 
 
 class Worker(threading.Thread):
@@ -238,8 +272,10 @@ class Worker(threading.Thread):
             on_event("execution_error", payload)
             messages = [("execution_error", payload)]
         meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}
+        number, prompt_id, prompt, extra_data, outputs_to_run = item.as_list()
         entry = {
-            "prompt": item.as_list(),
+            # extra_data holds the UI workflow: kept whole when it fits, so "load from history" works
+            "prompt": [number, prompt_id, prompt, bounded_extra_data(extra_data), outputs_to_run],
             "outputs": outputs,
             "status": {"status_str": "success" if status == "success" else "error",
                        "completed": status == "success", "messages": [list(m) for m in messages]},

@@ -23,6 +23,8 @@ from aiohttp import web
 
 from ipx2p_core.paths import contained_path
 
+from .bounds import MAX_JSON_BODY_BYTES, BadRequest, long_text_inputs, parse_json, read_body, read_json
+
 if TYPE_CHECKING:
     from .app import Studio
 
@@ -53,19 +55,23 @@ def _error(kind: str, message: str, details: str = "") -> dict:
     return {"type": kind, "message": message, "details": details, "extra_info": {}}
 
 
-def _prompt_error(kind: str, message: str, details: str = "") -> web.Response:
-    return web.json_response({"error": _error(kind, message, details), "node_errors": {}}, status=400)
+def _prompt_error(kind: str, message: str, details: str = "", status: int = 400) -> web.Response:
+    return web.json_response({"error": _error(kind, message, details), "node_errors": {}}, status=status)
+
+
+def _duplicate_id(prompt_id: str) -> web.Response:
+    return _prompt_error("duplicate_prompt_id", "A prompt with this prompt_id was already queued",
+                         f"prompt_id {prompt_id!r} is in the queue or the history; send a new id or none")
 
 
 async def _json_body(request: web.Request, default=None):
-    """The request's JSON body; ``default`` when empty; raises 400 when it is not JSON."""
-    raw = await request.read()
-    if not raw.strip():
-        return default
+    """The request's JSON body; ``default`` when empty; 400 when it is not JSON or too deep, 413 when too large."""
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"the request body is not JSON: {exc}\n") from None
+        return await read_json(request, default)
+    except BadRequest as exc:
+        raise (web.HTTPRequestEntityTooLarge if exc.status == 413 else web.HTTPBadRequest)(
+            text=f"{exc}\n", **({"max_size": MAX_JSON_BODY_BYTES, "actual_size": request.content_length or 0}
+                                if exc.status == 413 else {})) from None
 
 
 def _int_query(request: web.Request, name: str, default=None):
@@ -134,8 +140,10 @@ class Api:
     async def post_prompt(self, request: web.Request) -> web.Response:
         studio = self.studio
         try:
-            body = json.loads(await request.read())
-        except ValueError as exc:
+            body = parse_json(await read_body(request))
+        except BadRequest as exc:
+            if exc.status == 413:
+                return _prompt_error("request_too_large", "The request body is too large", str(exc), status=413)
             return _prompt_error("invalid_json", "The request body is not JSON", str(exc))
         if not isinstance(body, dict):
             return _prompt_error("invalid_prompt", "The request body must be a JSON object")
@@ -166,7 +174,18 @@ class Api:
                 return _prompt_error("invalid_prompt", "number must be a finite number")
         else:
             number = studio.queue.next_number(front=bool(body.get("front")))
-        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
+        if not isinstance(prompt_id, str) or len(prompt_id) > 200:
+            return _prompt_error("invalid_prompt", "prompt_id must be a string of at most 200 characters",
+                                 f"got {type(prompt_id).__name__} of length {len(str(prompt_id)):,}")
+        if studio.queue.knows(prompt_id):
+            return _duplicate_id(prompt_id)
+        too_long = long_text_inputs(prompt)
+        if too_long:
+            details = "; ".join(e["details"] for info in too_long.values() for e in info["errors"])
+            return web.json_response({"error": _error("prompt_outputs_failed_validation",
+                                                      "Prompt outputs failed validation", details),
+                                      "node_errors": too_long}, status=400)
 
         checked = await self._in_thread(studio.validator.validate, prompt, extra_pnginfo=extra_pnginfo,
                                         outputs=targets, allow_partial=True)
@@ -174,7 +193,10 @@ class Api:
             error = checked.error or _error("invalid_prompt", "The prompt is not valid")
             log.warning("Invalid prompt: %s", checked.text())
             return web.json_response({"error": error, "node_errors": checked.node_errors}, status=400)
-        studio.queue.put(number, prompt_id, prompt, extra_data, checked.outputs)
+        try:
+            studio.queue.put(number, prompt_id, prompt, extra_data, checked.outputs)
+        except KeyError:  # the same id sent twice at once: the first one was queued while this one was validated
+            return _duplicate_id(prompt_id)
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": checked.node_errors})
 
     # ------------------------------------------------------------------------------------------------ queue
@@ -195,16 +217,12 @@ class Api:
         return web.Response(status=200)
 
     async def interrupt(self, request: web.Request) -> web.Response:
-        try:
-            body = await _json_body(request, {})
-        except web.HTTPBadRequest:
-            body = {}
+        body = await _json_body(request, {})  # a body that is not JSON interrupts nothing: 400 says why
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        running = self.studio.queue.running_id()
-        if prompt_id and prompt_id != running:
-            log.info("Prompt %s is not running; nothing interrupted", prompt_id)
-        else:
+        if not prompt_id:
             self.studio.runner.interrupt()
+        elif not self.studio.queue.interrupt_if_running(str(prompt_id), self.studio.runner.interrupt):
+            log.info("Prompt %s is not running; nothing interrupted", str(prompt_id)[:200])
         return web.Response(status=200)
 
     async def free(self, request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ipx2p_core.paths import contained_path, within
 
+from .bounds import BadRequest, read_json
 from .security import ATOMIC_TMP_PREFIX, write_atomic
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,9 @@ class UserData:
 
     async def post_settings(self, request: web.Request) -> web.Response:
         try:
-            new = await request.json()
-        except ValueError:
-            return web.Response(status=400, text="expected a JSON object\n")
+            new = await read_json(request)
+        except BadRequest as exc:
+            return web.Response(status=exc.status, text=f"expected a JSON object: {exc}\n")
         if not isinstance(new, dict):
             return web.Response(status=400, text="expected a JSON object of setting id → value\n")
         self.save_settings({**self.load_settings(), **new})
@@ -97,9 +98,9 @@ class UserData:
     async def post_setting(self, request: web.Request) -> web.Response:
         setting_id = request.match_info["id"]
         try:
-            value = await request.json()
-        except ValueError:
-            return web.Response(status=400, text="expected a JSON value\n")
+            value = await read_json(request)
+        except BadRequest as exc:
+            return web.Response(status=exc.status, text=f"expected a JSON value: {exc}\n")
         settings = self.load_settings()
         settings[setting_id] = value
         self.save_settings(settings)
