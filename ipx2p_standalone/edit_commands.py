@@ -205,8 +205,9 @@ def png_info(metadata: dict):
 
 
 def save_png(image, path: Path, metadata: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=png_info(metadata))
+    from ipx2p_core.atomic_files import save_image_atomic
+
+    save_image_atomic(image, path, format="PNG", pnginfo=png_info(metadata))  # Ctrl-C never leaves half a file
 
 
 def _settings(args, **extra):

@@ -29,6 +29,7 @@ from .files import Files
 from .events import Hub
 from .prompt_queue import PromptQueue, Worker
 from .routes import Api, add_api_routes
+from ipx2p_core.atomic_files import remove_leftovers, remove_stale_temp_folders
 from ipx2p_core.paths import within
 
 from .security import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, is_loopback, origin_middleware
@@ -135,7 +136,10 @@ class Studio:
             else REPO_ROOT / "example_workflows"
 
         self._own_temp = config.temp_dir is None
-        temp = Path(tempfile.mkdtemp(prefix="ipx2p-studio-temp-")) if self._own_temp else Path(config.temp_dir)
+        if self._own_temp:
+            remove_stale_temp_folders()  # those of studios that were killed
+        temp = Path(tempfile.mkdtemp(prefix=f"ipx2p-studio-temp-{os.getpid()}-")) if self._own_temp \
+            else Path(config.temp_dir)
         # our own temporary folder goes when the server stops, or with this object if it never ran
         self._remove_temp = weakref.finalize(self, shutil.rmtree, temp, True) if self._own_temp else None
         self.folders = {
@@ -149,6 +153,8 @@ class Studio:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StudioError(f"Cannot create the folder {folder}: {exc.strerror}") from None
+        for folder in (self.folders["input"], self.user_dir):
+            remove_leftovers(folder)  # uploads and saved workflows of a studio killed mid-write
         self._copy_example_inputs()
 
         self.max_upload = int(config.max_upload_mb * 1024 * 1024)

@@ -19,14 +19,13 @@ import functools
 import ipaddress
 import io
 import logging
-import os
 import socket
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
 
+from ipx2p_core.atomic_files import TEMP_PREFIX, write_atomic  # noqa: F401 - re-exported for the studio
 from ipx2p_core.paths import split_user_path
 
 log = logging.getLogger(__name__)
@@ -178,21 +177,5 @@ def open_checked_image(path: Path, max_pixels: int):
     return img
 
 
-ATOMIC_TMP_PREFIX = ".ipx2p-"  # the temp files of write_atomic; listings skip them
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename: readers never see half a file, and a symlink
-    at ``path`` is replaced rather than written through."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=ATOMIC_TMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+# One crash-safe writer for the whole project (the engine side imports it without aiohttp).
+ATOMIC_TMP_PREFIX = TEMP_PREFIX  # the temp files of write_atomic; listings skip them
