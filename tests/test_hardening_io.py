@@ -1,0 +1,163 @@
+"""Issue 11, the files side: crash-safe writes, SaveImage's symlink check (and, below, the other hardening points)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ipx2p_core.atomic_files import (TEMP_PREFIX, private_temp_folder, remove_leftovers, remove_stale_temp_folders,
+                                     write_atomic)
+from ipx2p_standalone.builtin_nodes import Folders, make_builtin_nodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _save_image(tmp_path, prefix="ComfyUI"):
+    folders = Folders(input=tmp_path / "in", output=tmp_path / "out", temp=tmp_path / "temp")
+    save = make_builtin_nodes(folders)["SaveImage"]()
+    return save.save_images(torch.full((1, 8, 8, 3), 0.5), prefix)
+
+
+# ------------------------------------------------------------------------------------------- SaveImage and symlinks
+
+
+def test_save_image_refuses_a_symlink_leading_out_of_the_output_folder(tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"precious")
+    (tmp_path / "out").mkdir()
+    # %batch_num% names are not seen by the counter (as in ComfyUI), so the same name comes round again
+    (tmp_path / "out" / "shot_0_00001_.png").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"shot_0_00001_\.png is a link that leads outside the output folder"):
+        _save_image(tmp_path, "shot_%batch_num%")
+    assert outside.read_bytes() == b"precious"
+
+
+def test_save_image_refuses_a_symlinked_subfolder_leading_out(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"Saving image outside the output folder is not allowed \(prefix 'sub/x'"):
+        _save_image(tmp_path, "sub/x")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_save_image_writes_whole_files_and_leaves_no_temp_files(tmp_path):
+    result = _save_image(tmp_path)
+    assert result["ui"]["images"] == [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ComfyUI_00001_.png"]
+    with Image.open(tmp_path / "out" / "ComfyUI_00001_.png") as img:
+        assert img.size == (8, 8) and img.getpixel((0, 0)) == (127, 127, 127)  # ComfyUI truncates 127.5
+    assert oct((tmp_path / "out" / "ComfyUI_00001_.png").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------------------- killed mid-write
+
+_WRITERS = {
+    "save_image": (
+        "import torch\n"
+        "from ipx2p_standalone.builtin_nodes import Folders, make_builtin_nodes\n"
+        "f = Folders(input=OUT, output=OUT, temp=OUT)\n"
+        "make_builtin_nodes(f)['SaveImage']().save_images(torch.rand(1, 256, 256, 3), 'ComfyUI')\n",
+        "ComfyUI_00001_.png",
+    ),
+    "cli_png": (
+        "from PIL import Image\n"
+        "from ipx2p_standalone.edit_commands import save_png\n"
+        "save_png(Image.new('RGB', (256, 256), 'red'), OUT / 'edited.png', {'instruction': 'x', 'negative': '',"
+        " 'steps': 1, 'scheduler': 'auto', 'text_guidance': 1, 'image_guidance': 1, 'seed': 0, 'model': 'm'})\n",
+        "edited.png",
+    ),
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("writer", sorted(_WRITERS))
+def test_a_writer_killed_mid_write_leaves_the_old_file_and_no_half_file(tmp_path, writer, sig):
+    code, target = _WRITERS[writer]
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / target
+    Image.new("RGB", (4, 4), "blue").save(old)
+    old_bytes = old.read_bytes()
+    if writer == "save_image":  # SaveImage never replaces a file: its counter moves on; the new one must not appear
+        target = "ComfyUI_00002_.png"
+    env = {**os.environ, "IPX2P_TEST_PAUSE_MID_WRITE": "60", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path\nOUT = Path({str(out)!r})\n{code}"],
+                            env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    temps: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX) and p.stat().st_size > 0]
+        if temps:
+            break
+        time.sleep(0.05)
+    assert temps and proc.poll() is None, proc.stderr.read().decode()  # half written, paused
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    names = sorted(p.name for p in out.iterdir())
+    assert old.read_bytes() == old_bytes  # the old file, whole
+    assert target not in names or target == old.name  # no new file under a real name
+    if sig == signal.SIGINT:
+        assert names == [old.name]  # KeyboardInterrupt: the temp file is removed on the way out
+    else:
+        assert names == sorted([old.name, temps[0].name])  # SIGKILL: a temp file only, removed at the next start
+        assert remove_leftovers(out) == 1
+        assert sorted(p.name for p in out.iterdir()) == [old.name]
+
+
+def test_write_atomic_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep")
+    (tmp_path / "link.json").symlink_to(outside)
+    digest = write_atomic(tmp_path / "link.json", b"{}")
+    assert outside.read_text() == "keep" and not (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "link.json").read_bytes() == b"{}" and len(digest) == 64
+
+
+def test_leftovers_of_live_writers_are_kept_and_of_ended_ones_removed(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / f"{TEMP_PREFIX}{dead_pid}-abc.png").write_bytes(b"half")
+    (tmp_path / "sub" / f"{TEMP_PREFIX}{dead_pid}-def.json").write_bytes(b"{")
+    (tmp_path / f"{TEMP_PREFIX}{os.getpid()}-live.png").write_bytes(b"being written")
+    (tmp_path / "photo.png").write_bytes(b"a user's file")
+    assert remove_leftovers(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
+        sorted([f"{TEMP_PREFIX}{os.getpid()}-live.png", "photo.png"])
+
+
+def test_temp_folders_of_ended_runs_are_removed_at_the_next_start(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    for name in (f"ipx2p-temp-{dead_pid}-x", f"ipx2p-studio-temp-{dead_pid}-y", f"ipx2p-temp-{os.getpid()}-z",
+                 "ipx2p-temp-abc", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "preview.png").write_bytes(b"p")
+    assert remove_stale_temp_folders(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"ipx2p-temp-{os.getpid()}-z", "ipx2p-temp-abc",
+                                                                  "other"])
+
+
+def test_a_runs_private_temp_folder_is_removed_at_exit(tmp_path):
+    code = ("from ipx2p_core.atomic_files import private_temp_folder\n"
+            "f = private_temp_folder(); (f / 'preview.png').write_bytes(b'p'); print(f)\n")
+    folder = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 cwd=ROOT).stdout.strip())
+    assert folder.name.startswith("ipx2p-temp-") and not folder.exists()
+    assert private_temp_folder().is_dir()
