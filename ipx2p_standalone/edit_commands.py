@@ -136,10 +136,33 @@ def _output_paths(output: str, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
 
 
+def bounded_text(meta: dict, key: str, text: str | None) -> None:
+    """``meta[key] = text``, or for a text longer than ``defaults.METADATA_TEXT_CHARS`` its start plus its length and
+    sha256 (``KEY_chars``, ``KEY_sha256``): metadata stays small whatever was typed."""
+    import hashlib
+
+    if text is None or len(text) <= defaults.METADATA_TEXT_CHARS:
+        meta[key] = text
+        return
+    meta[key] = text[: defaults.METADATA_TEXT_CHARS] + "…"
+    meta[f"{key}_chars"] = len(text)
+    meta[f"{key}_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_instructions(args) -> None:
+    """The instruction length limit, checked before the model loads."""
+    from ipx2p_core.text import check_instruction
+
+    for text in [getattr(args, "instruction", None), *getattr(args, "instructions", [])]:
+        check_instruction(text)
+    check_instruction(args.negative, "negative instruction")
+
+
 def settings_metadata(args, model, seed: int) -> dict:
-    meta = {
-        "instruction": getattr(args, "instruction", None),
-        "negative": args.negative,
+    meta = {"instruction": None, "negative": None}
+    bounded_text(meta, "instruction", getattr(args, "instruction", None))
+    bounded_text(meta, "negative", args.negative)
+    meta.update({
         "model": Path(model.source).name,
         "family": model.family.name,
         "steps": args.steps,
@@ -151,7 +174,7 @@ def settings_metadata(args, model, seed: int) -> dict:
         "dtype": args.dtype,
         "generator": "ipx2p",
         **_adapter_metadata(model),
-    }
+    })
     for extra in ("guidance_rescale", "eta", "strength", "image_guidance_end", "mask"):
         if getattr(args, extra, None) is not None:
             meta[extra] = getattr(args, extra)
@@ -280,6 +303,7 @@ def cmd_edit(args) -> int:
     from ipx2p_core.pipeline import edit
 
     # Check cheap inputs before the expensive model load.
+    check_instructions(args)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args, images_per_instruction=args.images, guidance_rescale=args.guidance_rescale,
                          eta=args.eta, strength=args.strength, image_guidance_end=args.image_guidance_end)
@@ -306,6 +330,7 @@ def cmd_sweep(args) -> int:
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import guidance_sweep
 
+    check_instructions(args)
     texts, imgs = parse_number_list(args.text_values, "--text"), parse_number_list(args.image_values, "--image")
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
@@ -337,6 +362,7 @@ def cmd_chain(args) -> int:
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import edit_chain
 
+    check_instructions(args)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)

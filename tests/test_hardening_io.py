@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,3 +162,102 @@ def test_a_runs_private_temp_folder_is_removed_at_exit(tmp_path):
                                  cwd=ROOT).stdout.strip())
     assert folder.name.startswith("ipx2p-temp-") and not folder.exists()
     assert private_temp_folder().is_dir()
+
+
+# ------------------------------------------------------------------------------------------- huge instructions
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_sd):
+    from ipx2p_core import load_model
+
+    return load_model(tiny_sd["folder"], dtype="fp32", device="cpu")
+
+
+def _rss() -> int:
+    import gc
+
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.parametrize("megabytes", [5, 50])
+def test_a_huge_instruction_is_refused_within_a_second_and_memory_comes_back(sd, photo, tmp_path, megabytes):
+    from ipx2p_core import IP2PError, SamplerSettings
+    from ipx2p_core.pipeline import edit
+    from ipx2p_standalone.cli import main
+
+    before = _rss()
+    huge = "make it winter " * (megabytes * 1024 * 1024 // 15)
+    started = time.perf_counter()
+    with pytest.raises(IP2PError, match=rf"^The instruction is {len(huge):,} characters long; the limit is 10,000\. "
+                                        r"The text encoder reads only its first 77 tokens"):
+        edit(sd, photo, huge, settings=SamplerSettings(steps=1))
+    photo.save(tmp_path / "photo.png")
+    # the CLI refuses it before loading the model (a model that does not exist is never looked at)
+    assert main(["edit", str(tmp_path / "photo.png"), huge, "-m", str(tmp_path / "no-model"),
+                 "-o", str(tmp_path / "out.png")]) == 2
+    assert main(["edit", str(tmp_path / "photo.png"), "x", "--negative", huge, "-m", str(tmp_path / "no-model"),
+                 "-o", str(tmp_path / "out.png")]) == 2
+    elapsed = time.perf_counter() - started
+    del huge
+    assert elapsed < 1.0 * 3  # the engine and two CLI calls: well under a second each
+    assert _rss() - before < 50 * 1024 * 1024
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_the_cli_names_the_limit_in_one_error_line(tmp_path, photo, capsys):
+    from ipx2p_standalone.cli import main
+
+    photo.save(tmp_path / "photo.png")
+    assert main(["chain", str(tmp_path / "photo.png"), "ok", "y" * 10_001, "-m", str(tmp_path / "no-model")]) == 2
+    assert capsys.readouterr().err == ("error: The instruction is 10,001 characters long; the limit is 10,000. The "
+                                       "text encoder reads only its first 77 tokens (about 300 characters), so "
+                                       "shorten it.\n")
+
+
+def test_tokenizing_a_start_of_the_text_gives_exactly_the_whole_texts_window(sd):
+    import random
+    import warnings
+
+    from ipx2p_core.text import _tokenize
+
+    tokenizer = sd.tokenizers[0]
+    rng = random.Random(0)
+    words = ["make", "it", "winter,", "snow!!", "über-cool", "日本", "3.14", "don't", "a" * 40, "&amp;", "(sky)", "é"]
+    for _ in range(20):
+        text = "".join(rng.choice(words) + rng.choice([" ", "  ", "\n", "\t", " "]) for _ in range(rng.randint(50, 3000)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = _tokenize(tokenizer, [text])
+        whole = tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        assert torch.equal(ours, whole)
+
+
+def test_the_truncation_warning_is_bounded_and_names_the_dropped_words(sd):
+    from ipx2p_core.text import PromptTruncatedWarning, encode_instruction
+
+    text = "one two three four five six seven eight nine ten " * 199  # 9,950 characters, 995 tokens
+    with pytest.warns(PromptTruncatedWarning) as record:
+        encode_instruction(sd, text)
+    message = str(record[0].message)
+    # only a start (1,024 characters, ~200 tokens) was tokenized: the count is a lower bound
+    assert re.match(r"Instruction longer than 77 tokens \(more than \d{3}\); the text encoder only sees the start\. "
+                    r"Dropped: 'six seven eight nine ten one two .*… \(\d,\d{3} more characters\)'$", message)
+    assert len(message) < 400
+
+
+def test_metadata_keeps_a_bounded_start_with_the_length_and_hash():
+    import hashlib
+
+    from ipx2p_standalone.edit_commands import bounded_text
+
+    meta: dict = {}
+    bounded_text(meta, "instruction", "short")
+    assert meta == {"instruction": "short"}
+    text = "z" * 9_000
+    bounded_text(meta, "instruction", text)
+    assert meta == {"instruction": "z" * 1_000 + "…", "instruction_chars": 9_000,
+                    "instruction_sha256": hashlib.sha256(text.encode()).hexdigest()}
