@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from ipx2p_core.atomic_files import save_image_atomic
+from ipx2p_core.image import check_image_pixels
 from ipx2p_core.paths import contained_path
 
 ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
@@ -76,6 +77,7 @@ def _image_problem(path: Path | None, name: str) -> str | None:
         return f"Invalid image file: {name}"
     try:
         with Image.open(path) as img:
+            check_image_pixels(img, name=name)  # every frame, before anything is decoded
             img.verify()
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for broken files
         return f"Invalid image file: {name} is not a readable image ({type(exc).__name__}: {exc})"
@@ -102,6 +104,7 @@ class LoadImageBase:
         if path is None:
             raise ValueError(f"Invalid image file: {image}")
         img = Image.open(path)
+        check_image_pixels(img, name=image)  # every frame counts: a small first page may hide huge ones
         frames, masks = [], []
         size = None
         for frame in ImageSequence.Iterator(img):

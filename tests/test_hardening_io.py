@@ -261,3 +261,86 @@ def test_metadata_keeps_a_bounded_start_with_the_length_and_hash():
     bounded_text(meta, "instruction", text)
     assert meta == {"instruction": "z" * 1_000 + "…", "instruction_chars": 9_000,
                     "instruction_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+# ------------------------------------------------------------------------------------------- multi-frame images
+
+
+@pytest.fixture(scope="module")
+def paged_tiff(tmp_path_factory) -> Path:
+    """A 64x64 first page and two 144-megapixel pages (bilevel, deflated: a 50 kB file)."""
+    path = tmp_path_factory.mktemp("tiff") / "pages.tiff"
+    huge = Image.new("1", (12_000, 12_000), 0)
+    Image.new("RGB", (64, 64), "red").save(path, save_all=True, append_images=[huge, huge], compression="tiff_deflate")
+    assert path.stat().st_size < 100_000
+    return path
+
+
+TIFF_REFUSED = ("has 3 frames; frame 2 is 12000x12000 and frames 1-2 hold 144,004,096 pixels, more than the limit "
+                "of 100,000,000 (a decompression bomb, or simply too large to edit)")
+
+
+def test_every_frame_counts_against_the_pixel_limit_without_decoding(paged_tiff):
+    from ipx2p_core import IP2PError
+    from ipx2p_core.image import check_image_pixels, open_image
+
+    before = _rss()
+    with Image.open(paged_tiff) as img:
+        with pytest.raises(IP2PError, match=re.escape(f"pages {TIFF_REFUSED}")):
+            check_image_pixels(img, name="pages")
+        assert img.tell() == 0  # left at the frame it was at
+        assert check_image_pixels(img, max_pixels=300_000_000) == 64 * 64 + 2 * 144_000_000
+    with pytest.raises(IP2PError, match=f"^{re.escape(f'{paged_tiff} {TIFF_REFUSED}')}$"):
+        open_image(paged_tiff)
+    assert _rss() - before < 50 * 1024 * 1024  # decoding one page as RGB floats would take 1.7 GB
+
+
+def test_load_image_and_the_cli_refuse_a_file_whose_later_frames_are_huge(paged_tiff, tmp_path, capsys):
+    from ipx2p_core import IP2PError
+    from ipx2p_standalone.cli import main
+
+    folders = Folders(input=paged_tiff.parent, output=tmp_path / "out", temp=tmp_path / "temp")
+    load = make_builtin_nodes(folders)["LoadImage"]
+    assert load.VALIDATE_INPUTS("pages.tiff") == f"Invalid image file: pages.tiff is not a readable image " \
+                                                 f"(IP2PError: pages.tiff {TIFF_REFUSED})"
+    with pytest.raises(IP2PError, match=re.escape(f"pages.tiff {TIFF_REFUSED}")):
+        load().load_image("pages.tiff")
+    assert main(["edit", str(paged_tiff), "make it winter", "-m", str(tmp_path / "no-model"),
+                 "-o", str(tmp_path / "out.png")]) == 2
+    assert capsys.readouterr().err == f"error: {paged_tiff} {TIFF_REFUSED}\n"
+
+
+def test_studio_uploads_count_every_frame(paged_tiff, tmp_path):
+    import aiohttp
+    from dummy_nodes import NODES
+    from studio_helpers import run
+
+    from ipx2p_nodes.host import get_host, set_host
+    from ipx2p_standalone.studio import StudioServer
+
+    folders = {k: tmp_path / k for k in ("models", "input", "output", "user", "temp")}
+    for folder in folders.values():
+        folder.mkdir()
+    Image.new("RGB", (64, 64), "blue").save(folders["input"] / "photo.png")
+    data = paged_tiff.read_bytes()
+    previous = get_host()
+    with StudioServer(models_dir=folders["models"], input_dir=folders["input"], output_dir=folders["output"],
+                      user_dir=folders["user"], temp_dir=folders["temp"], device="cpu", node_classes=NODES) as studio:
+        async def upload(s, route, **fields):
+            form = aiohttp.FormData()
+            form.add_field("image", data, filename="pages.tiff", content_type="image/tiff")
+            for key, value in fields.items():
+                form.add_field(key, value)
+            async with s.post(studio.url + route, data=form) as r:
+                return r.status, await r.text()
+
+        async def scenario():
+            async with aiohttp.ClientSession() as s:
+                return (await upload(s, "/api/upload/image"),
+                        await upload(s, "/api/upload/mask", original_ref='{"filename": "photo.png", "type": "input"}'))
+
+        image, mask = run(scenario())
+    set_host(previous)
+    assert image == (413, f"pages.tiff {TIFF_REFUSED}\n")
+    assert mask == (413, f"pages.tiff {TIFF_REFUSED}\n")
+    assert not (folders["input"] / "pages.tiff").exists()

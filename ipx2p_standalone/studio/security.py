@@ -25,13 +25,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ipx2p_core import defaults
 from ipx2p_core.atomic_files import TEMP_PREFIX, write_atomic  # noqa: F401 - re-exported for the studio
+from ipx2p_core.errors import IP2PError
+from ipx2p_core.image import check_image_pixels
 from ipx2p_core.paths import split_user_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels: any camera photo, never a decompression bomb
+DEFAULT_MAX_IMAGE_PIXELS = defaults.MAX_IMAGE_PIXELS  # over all frames: any photo, never a decompression bomb
 
 def safe_filename(name: str | None) -> str | None:
     """An uploaded file's name if it is a plain file name (no folders, no tricks), else None."""
@@ -141,10 +144,11 @@ class ImageRejected(ValueError):
 
 
 def check_image_size(img, max_pixels: int, name: str = "image") -> None:
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageRejected(f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of "
-                            f"{max_pixels:,} (a decompression bomb, or simply too large to edit)", status=413)
+    """Every frame's pixels against the limit (the engine's one rule: headers only, nothing decoded)."""
+    try:
+        check_image_pixels(img, max_pixels, name)
+    except IP2PError as exc:
+        raise ImageRejected(str(exc), status=413) from None
 
 
 def check_image_bytes(data: bytes, max_pixels: int, name: str = "image"):
