@@ -13,6 +13,8 @@ from ipx2p_core.number_lists import format_number_list, parse_number_list
 from ipx2p_core.families import family_names
 from ipx2p_core.schedulers import SCHEDULERS
 
+from .output_files import check_outputs, save_output
+
 
 # ------------------------------------------------------------------------------------------------------- arguments
 
@@ -81,7 +83,9 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
     p.add_argument("instruction", help='what to change, e.g. "make it winter"')
-    p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
+    p.add_argument("-o", "--output", default="edited.png",
+                   help="output image, .png, .jpg or .webp (several images get _1, _2, ...)")
+    _add_overwrite_argument(p)
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
@@ -97,7 +101,9 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file")
     p.add_argument("instruction", help='what to change, e.g. "make it winter"')
-    p.add_argument("-o", "--output", default="sweep.png", help="contact sheet PNG (cells go to OUTPUT_cells/)")
+    p.add_argument("-o", "--output", default="sweep.png",
+                   help="contact sheet, .png, .jpg or .webp (cells go to OUTPUT_cells/ in the same format)")
+    _add_overwrite_argument(p)
     text_values = format_number_list(defaults.SWEEP_TEXT_GUIDANCES)
     image_values = format_number_list(defaults.SWEEP_IMAGE_GUIDANCES)
     p.add_argument("--text", dest="text_values", default=text_values,
@@ -118,7 +124,8 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file")
     p.add_argument("instructions", nargs="+", help='instructions in order, e.g. "make it winter" "add a snowman"')
-    p.add_argument("-o", "--output", default="chain.png", help="output PNG (steps get _1, _2, ...)")
+    p.add_argument("-o", "--output", default="chain.png", help="output image, .png, .jpg or .webp (steps get _1, _2, ...)")
+    _add_overwrite_argument(p)
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.set_defaults(func=cmd_chain)
@@ -127,9 +134,15 @@ def add_edit_parsers(sub) -> None:
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
+def _add_overwrite_argument(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow -o to name the input image (or mask) and replace it; other existing files of the "
+                        "output's name are always replaced")
+
+
 def _output_paths(output: str, count: int) -> list[Path]:
     out = Path(output)
-    if out.suffix.lower() != ".png":
+    if not out.suffix:
         out = out.with_suffix(".png")
     if count == 1:
         return [out]
@@ -156,6 +169,12 @@ def check_instructions(args) -> None:
     for text in [getattr(args, "instruction", None), *getattr(args, "instructions", [])]:
         check_instruction(text)
     check_instruction(args.negative, "negative instruction")
+
+
+def _cell_path(sheet: Path, text: float, image: float, per_cell: int, k: int) -> Path:
+    """A sweep cell's file: OUTPUT_cells/textT_imageG[_N] in the sheet's format."""
+    return sheet.with_name(f"{sheet.stem}_cells") / \
+        f"text{text:g}_image{image:g}{'' if per_cell == 1 else f'_{k + 1}'}{sheet.suffix}"
 
 
 def settings_metadata(args, model, seed: int) -> dict:
@@ -225,12 +244,6 @@ def png_info(metadata: dict):
             f"Image CFG scale: {metadata['image_guidance']}, Seed: {metadata['seed']}, Model: {metadata['model']}",
         )
     return info
-
-
-def save_png(image, path: Path, metadata: dict) -> None:
-    from ipx2p_core.atomic_files import save_image_atomic
-
-    save_image_atomic(image, path, format="PNG", pnginfo=png_info(metadata))  # Ctrl-C never leaves half a file
 
 
 def _settings(args, **extra):
@@ -304,6 +317,7 @@ def cmd_edit(args) -> int:
 
     # Check cheap inputs before the expensive model load.
     check_instructions(args)
+    check_outputs(_output_paths(args.output, args.images), [args.image, args.mask], args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args, images_per_instruction=args.images, guidance_rescale=args.guidance_rescale,
                          eta=args.eta, strength=args.strength, image_guidance_end=args.image_guidance_end)
@@ -320,7 +334,7 @@ def cmd_edit(args) -> int:
     paths = _output_paths(args.output, result.images.shape[0])
     meta = settings_metadata(args, model, args.seed)
     for i, (img, path) in enumerate(zip(images_to_pil(result.images), paths)):
-        save_png(img, path, {**meta, "index": i})
+        save_output(img, path, {**meta, "index": i})
         print(path)
     return 0
 
@@ -332,6 +346,9 @@ def cmd_sweep(args) -> int:
 
     check_instructions(args)
     texts, imgs = parse_number_list(args.text_values, "--text"), parse_number_list(args.image_values, "--image")
+    sheet_path = _output_paths(args.output, 1)[0]
+    check_outputs([sheet_path, *(_cell_path(sheet_path, t, g, 1, 0) for t in texts for g in imgs)], [args.image],
+                  args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)
@@ -343,16 +360,14 @@ def cmd_sweep(args) -> int:
                                 max_rows=args.max_batch, callback=progress)
     finally:
         progress.close()
-    sheet_path = _output_paths(args.output, 1)[0]
     meta = settings_metadata(args, model, args.seed)
-    save_png(images_to_pil(result.sheet)[0], sheet_path, {**meta, "cells": [list(c) for c in result.cells]})
+    save_output(images_to_pil(result.sheet)[0], sheet_path, {**meta, "cells": [list(c) for c in result.cells]})
     print(sheet_path)
-    cells_dir = sheet_path.with_name(f"{sheet_path.stem}_cells")
     per_cell = result.images.shape[0] // len(result.cells)
     for k, img in enumerate(images_to_pil(result.images)):
         t, g = result.cells[k // per_cell]
-        path = cells_dir / f"text{t:g}_image{g:g}" f"{'' if per_cell == 1 else f'_{k % per_cell + 1}'}.png"
-        save_png(img, path, {**meta, "text_guidance": t, "image_guidance": g})
+        path = _cell_path(sheet_path, t, g, per_cell, k % per_cell)
+        save_output(img, path, {**meta, "text_guidance": t, "image_guidance": g})
         print(path)
     return 0
 
@@ -363,6 +378,8 @@ def cmd_chain(args) -> int:
     from ipx2p_core.pipeline import edit_chain
 
     check_instructions(args)
+    check_outputs(_output_paths(args.output, len([s for s in args.instructions if s.strip()])), [args.image],
+                  args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)
@@ -377,6 +394,6 @@ def cmd_chain(args) -> int:
     meta = settings_metadata(args, model, args.seed)
     steps = [s for s in args.instructions if s.strip()]
     for i, (result, path) in enumerate(zip(results, paths)):
-        save_png(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
+        save_output(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
         print(path)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -78,8 +79,8 @@ _WRITERS = {
     ),
     "cli_png": (
         "from PIL import Image\n"
-        "from ipx2p_standalone.edit_commands import save_png\n"
-        "save_png(Image.new('RGB', (256, 256), 'red'), OUT / 'edited.png', {'instruction': 'x', 'negative': '',"
+        "from ipx2p_standalone.output_files import save_output\n"
+        "save_output(Image.new('RGB', (256, 256), 'red'), OUT / 'edited.png', {'instruction': 'x', 'negative': '',"
         " 'steps': 1, 'scheduler': 'auto', 'text_guidance': 1, 'image_guidance': 1, 'seed': 0, 'model': 'm'})\n",
         "edited.png",
     ),
@@ -344,3 +345,65 @@ def test_studio_uploads_count_every_frame(paged_tiff, tmp_path):
     assert image == (413, f"pages.tiff {TIFF_REFUSED}\n")
     assert mask == (413, f"pages.tiff {TIFF_REFUSED}\n")
     assert not (folders["input"] / "pages.tiff").exists()
+
+
+# ------------------------------------------------------------------------------------------- CLI outputs
+
+
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}/photo.png/out.png", "Cannot write {tmp}/photo.png/out.png: {tmp}/photo.png is a file, not a folder."),
+    ("/proc/ipx2p-out.png", "Cannot write /proc/ipx2p-out.png: the folder /proc is not writable ("),
+    ("{tmp}/dir.png", "Output {tmp}/dir.png is a folder; give a file name such as {tmp}/dir.png/edited.png."),
+    ("{tmp}/out.gif", "Output {tmp}/out.gif: unknown image extension '.gif'; use .png, .jpg, .jpeg or .webp."),
+    ("{tmp}/photo.png", "Output {tmp}/photo.png is an input image; it would be replaced by the edit. Choose another "
+                        "-o, or give --overwrite to replace it."),
+])
+@pytest.mark.parametrize("command", ["edit", "sweep", "chain"])
+def test_output_mistakes_are_one_error_line_before_the_model_loads(tmp_path, photo, capsys, command, output, message):
+    from ipx2p_standalone.cli import main
+
+    photo.save(tmp_path / "photo.png")
+    (tmp_path / "dir.png").mkdir()
+    before = (tmp_path / "photo.png").read_bytes()
+    output, message = output.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    # a model that does not exist: reaching the model load would give another error
+    assert main([command, str(tmp_path / "photo.png"), "make it winter", "-m", str(tmp_path / "no-model"),
+                 "-o", output]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert (tmp_path / "photo.png").read_bytes() == before
+
+
+def test_the_mask_is_an_input_too(tmp_path, photo, capsys):
+    from ipx2p_standalone.cli import main
+
+    photo.save(tmp_path / "photo.png")
+    photo.save(tmp_path / "mask.png")
+    assert main(["edit", str(tmp_path / "photo.png"), "x", "--mask", str(tmp_path / "mask.png"), "-m",
+                 str(tmp_path / "no-model"), "-o", str(tmp_path / "mask.png")]) == 2
+    assert "is an input image" in capsys.readouterr().err
+
+
+def test_output_extension_picks_the_format_and_carries_the_settings(tiny_sd, photo, tmp_path):
+    from ipx2p_standalone.cli import main
+    from ipx2p_standalone.output_files import read_settings
+
+    photo.save(tmp_path / "photo.webp", lossless=True)
+    common = ["-m", str(tiny_sd["folder"]), "--steps", "2", "-q"]
+    assert main(["edit", str(tmp_path / "photo.webp"), "make it winter", *common, "--images", "2",
+                 "-o", str(tmp_path / "out.jpg")]) == 0
+    for i in (1, 2):
+        with Image.open(tmp_path / f"out_{i}.jpg") as img:
+            assert img.format == "JPEG" and img.size == photo.size
+        settings = read_settings(tmp_path / f"out_{i}.jpg")
+        assert settings["instruction"] == "make it winter" and settings["steps"] == 2 and settings["index"] == i - 1
+    # -o naming the input: only with --overwrite; then the input is replaced by a WebP edit
+    assert main(["edit", str(tmp_path / "photo.webp"), "make it winter", *common, "--overwrite",
+                 "-o", str(tmp_path / "photo.webp")]) == 0
+    with Image.open(tmp_path / "photo.webp") as img:
+        assert img.format == "WEBP"
+    assert read_settings(tmp_path / "photo.webp")["generator"] == "ipx2p"
+    assert main(["edit", str(tmp_path / "photo.webp"), "x", *common, "-o", str(tmp_path / "noext")]) == 0
+    with Image.open(tmp_path / "noext.png") as img:
+        assert img.format == "PNG" and json.loads(img.text["ipx2p"])["instruction"] == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noext.png", "out_1.jpg", "out_2.jpg", "photo.webp"]
