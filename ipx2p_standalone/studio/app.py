@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import importlib.resources
 import logging
 import os
 import shutil
@@ -40,7 +41,10 @@ log = logging.getLogger(__name__)
 PACK_NAME = "comfyui-ipx2p"  # the folder name the pack has in ComfyUI's custom_nodes: extensions, templates
 FRONTEND_PACKAGE = "comfyui-frontend-package"
 FRONTEND_VERSION = "1.27.10"  # the frontend whose backend contract this server implements
-REPO_ROOT = Path(__file__).resolve().parents[2]
+def packaged_folder(name: str) -> Path:
+    """The pack's ``web`` or ``example_workflows`` folder: inside the installed studio package in a wheel, the
+    repository's folder in an editable install (pyproject.toml maps the package names to them)."""
+    return Path(str(importlib.resources.files(f"{__package__}.{name}")))
 STUDIO_KEY = web.AppKey("ipx2p_studio", object)
 
 
@@ -131,9 +135,9 @@ class Studio:
 
         self.config = config
         self.frontend_dir, self.frontend_version = frontend_static(config.frontend_dir)
-        self.web_dir = Path(config.web_dir) if config.web_dir is not None else REPO_ROOT / "web"
+        self.web_dir = Path(config.web_dir) if config.web_dir is not None else packaged_folder("web")
         self.examples_dir = Path(config.examples_dir) if config.examples_dir is not None \
-            else REPO_ROOT / "example_workflows"
+            else packaged_folder("example_workflows")
 
         self._own_temp = config.temp_dir is None
         if self._own_temp:
