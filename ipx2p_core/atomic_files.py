@@ -60,6 +60,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; when the block ends normally it is renamed to ``path``, otherwise it is
+    removed. A folder that already exists with files in it is written into directly (as before): replacing it
+    would delete whatever else the user keeps there."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        yield tmp
+        if path.is_dir():
+            path.rmdir()  # empty (checked above)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` through a temp file and a rename; returns the data's sha256 (hex)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -116,6 +138,11 @@ def remove_leftovers(folder: str | os.PathLike, depth: int = 3) -> int:
     removed = 0
     top = len(folder.parts)
     for dirpath, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if _TEMP_NAME.match(d)]:  # an atomic_folder of an ended writer
+            dirs.remove(name)
+            if not _pid_alive(int(_TEMP_NAME.match(name).group(1))):
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                removed += 1
         if len(Path(dirpath).parts) - top >= depth:
             dirs.clear()
         for name in files:

@@ -7,7 +7,7 @@ settings.
 * Outputs replace existing files of the same name (through a temp file and a rename), but never an input image or
   mask unless ``--overwrite`` is given.
 * The folder must be writable: a real temp file is created and removed there, because permission bits say nothing
-  for root or on a read-only file system.
+  for root or on a read-only file system. Temp files a killed run left there are removed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ipx2p_core.atomic_files import TEMP_PREFIX, save_image_atomic
+from ipx2p_core.atomic_files import TEMP_PREFIX, remove_leftovers, save_image_atomic
 from ipx2p_core.errors import IP2PError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -61,6 +61,7 @@ def check_outputs(paths: list[Path], inputs: list[str | None], overwrite: bool) 
         except OSError as exc:
             raise IP2PError(f"Cannot write {path}: the folder {folder} is not writable ({exc.strerror or exc}).") \
                 from None
+        remove_leftovers(folder, depth=0)  # temp files of a run that was killed mid-write
 
 
 def _nearest_existing(folder: Path) -> Path:

@@ -118,7 +118,14 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_no_half_file(tmp_path
         assert names == [old.name]  # KeyboardInterrupt: the temp file is removed on the way out
     else:
         assert names == sorted([old.name, temps[0].name])  # SIGKILL: a temp file only, removed at the next start
-        assert remove_leftovers(out) == 1
+        if writer == "cli_png":  # the next CLI run's output check removes it
+            from ipx2p_standalone.output_files import check_outputs
+
+            check_outputs([out / "edited.png"], [], overwrite=False)
+        else:  # the next runner's start
+            from ipx2p_standalone.runner import Runner
+
+            Runner(node_classes={}, output_dir=out, temp_dir=tmp_path / "temp")
         assert sorted(p.name for p in out.iterdir()) == [old.name]
 
 
@@ -407,3 +414,29 @@ def test_output_extension_picks_the_format_and_carries_the_settings(tiny_sd, pho
     with Image.open(tmp_path / "noext.png") as img:
         assert img.format == "PNG" and json.loads(img.text["ipx2p"])["instruction"] == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noext.png", "out_1.jpg", "out_2.jpg", "photo.webp"]
+
+
+def test_an_export_folder_appears_whole_or_not_at_all(tmp_path):
+    from ipx2p_core.atomic_files import atomic_folder
+
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_folder(tmp_path / "merged") as folder:
+            (folder / "unet").mkdir()
+            (folder / "unet" / "half.safetensors").write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(tmp_path / "merged") as folder:
+        assert folder.name.startswith(f"{TEMP_PREFIX}{os.getpid()}-") and not (tmp_path / "merged").exists()
+        (folder / "model_index.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+    assert (tmp_path / "merged" / "model_index.json").read_text() == "{}"
+    # a folder the user keeps other files in is written into, never replaced
+    (tmp_path / "merged" / "notes.txt").write_text("mine")
+    with atomic_folder(tmp_path / "merged") as folder:
+        assert folder == tmp_path / "merged"
+    assert (tmp_path / "merged" / "notes.txt").read_text() == "mine"
+    # the folder a killed export leaves is removed at the next start
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"{TEMP_PREFIX}{int(ended.stdout)}-exp" / "unet").mkdir(parents=True)
+    assert remove_leftovers(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
