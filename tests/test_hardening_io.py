@@ -440,3 +440,14 @@ def test_an_export_folder_appears_whole_or_not_at_all(tmp_path):
     (tmp_path / f"{TEMP_PREFIX}{int(ended.stdout)}-exp" / "unet").mkdir(parents=True)
     assert remove_leftovers(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_batch_refuses_a_huge_command_instruction_before_any_row(tmp_path, photo, capsys):
+    from ipx2p_standalone.cli import main
+
+    (tmp_path / "photos").mkdir()
+    photo.save(tmp_path / "photos" / "a.png")
+    assert main(["batch", str(tmp_path / "photos"), "w" * 20_000, "-m", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "error: The instruction is 20,000 characters long; the limit is 10,000." in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
