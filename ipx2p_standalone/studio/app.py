@@ -41,11 +41,13 @@ log = logging.getLogger(__name__)
 PACK_NAME = "comfyui-ipx2p"  # the folder name the pack has in ComfyUI's custom_nodes: extensions, templates
 FRONTEND_PACKAGE = "comfyui-frontend-package"
 FRONTEND_VERSION = "1.27.10"  # the frontend whose backend contract this server implements
+STUDIO_KEY = web.AppKey("ipx2p_studio", object)
+
+
 def packaged_folder(name: str) -> Path:
     """The pack's ``web`` or ``example_workflows`` folder: inside the installed studio package in a wheel, the
     repository's folder in an editable install (pyproject.toml maps the package names to them)."""
     return Path(str(importlib.resources.files(f"{__package__}.{name}")))
-STUDIO_KEY = web.AppKey("ipx2p_studio", object)
 
 
 class StudioError(RuntimeError):
