@@ -36,6 +36,13 @@ SWEEP_MAX_BATCH = 64  # UNet rows per call; never changes results, only memory u
 # adapters
 LORA_STRENGTH = 1.0
 
+# limits: CLIP reads 77 tokens (about 300 characters); a longer instruction is cut with a warning. Far longer text is
+# refused before any tokenizing (a 50 MB one took minutes and 11 GB to tokenize whole), and metadata keeps a bounded
+# start of it plus its length and hash.
+MAX_INSTRUCTION_CHARS = 10_000
+METADATA_TEXT_CHARS = 1_000
+MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels over all frames of a file: any camera photo, never a decompression bomb
+
 # loading
 FAMILY = "auto"  # read from the weights
 DEVICE = "auto"  # the host's device (ComfyUI's choice inside ComfyUI; CUDA, then MPS, then the CPU outside it)

@@ -354,8 +354,34 @@ def images_to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def open_image(path) -> Image.Image:
-    """Open an image file for editing, upright (EXIF orientation applied), with clear errors."""
+def check_image_pixels(img: Image.Image, max_pixels: int = defaults.MAX_IMAGE_PIXELS, name: str = "image") -> int:
+    """Count the pixels of every frame of an opened image (headers only: no pixel is decoded) and refuse a total
+    over ``max_pixels``; returns the total. A multi-page TIFF with a small first page and huge later ones would
+    otherwise pass a first-frame check and decode to gigabytes. The image is left at the frame it was at."""
+    frames = getattr(img, "n_frames", 1)
+    position, total = img.tell(), 0
+    try:
+        for index in range(frames):
+            if index:
+                img.seek(index)
+            width, height = img.size
+            total += width * height
+            if total > max_pixels:
+                what = f"is {width}x{height} = {total:,} pixels" if frames == 1 else \
+                    f"has {frames} frames; frame {index + 1} is {width}x{height} and frames 1-{index + 1} hold {total:,} pixels"
+                raise IP2PError(f"{name} {what}, more than the limit of {max_pixels:,} "
+                                "(a decompression bomb, or simply too large to edit)")
+    except EOFError:  # n_frames promised more frames than the file holds
+        pass
+    finally:
+        if frames > 1:
+            img.seek(position)
+    return total
+
+
+def open_image(path, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file for editing, upright (EXIF orientation applied), with clear errors. Every frame counts
+    against ``max_pixels`` before any pixel is decoded."""
     from pathlib import Path
 
     p = Path(path)
@@ -363,7 +389,10 @@ def open_image(path) -> Image.Image:
         raise IP2PError(f"Image not found: {path} (looked for {p.resolve()}).")
     try:
         img = Image.open(p)
+        check_image_pixels(img, max_pixels, str(p))
         img.load()
+    except IP2PError:
+        raise
     except Image.DecompressionBombError as exc:
         raise IP2PError(f"{p} is too large to open safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError) as exc:

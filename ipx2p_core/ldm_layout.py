@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic_files import atomic_path
 from .families import CLIP, CLIP_L_SD, CLIP_L_XL, COSXL, OPEN_CLIP_BIGG_XL, get_family
 
 __all__ = [
@@ -508,6 +509,6 @@ def save_single_file(
     state_dict = to_single_file_state_dict(unet, vae, text_encoders, family, extra)
     state_dict = {k: _for_safetensors(v) for k, v in state_dict.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:  # a killed export never leaves half a checkpoint under the real name
+        save_file(state_dict, str(tmp), metadata=metadata)
     return path

@@ -1,7 +1,9 @@
 """Instruction encoding: CLIP-L for SD 1.5; CLIP-L + OpenCLIP bigG, pooled embedding for SDXL / CosXL.
 
 Prompts longer than the encoders' 77-token window are truncated, as diffusers and the original repo do, with a
-warning naming the dropped words (chunking would change the model's conditioning and break parity).
+warning naming the dropped words (chunking would change the model's conditioning and break parity). Only a start of
+the text large enough to fill the window is tokenized, and text over ``defaults.MAX_INSTRUCTION_CHARS`` is refused
+up front, so the work per instruction is bounded (tokenizing cannot be interrupted).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from . import adapters
+from . import adapters, defaults
 from .errors import IP2PError
 from .families import LAST_STATE
 from .models import IP2PModel
@@ -57,16 +59,47 @@ def _as_list(value: str | Sequence[str] | None, name: str) -> list[str] | None:
     return items
 
 
+_HEAD_CHARS = 1024  # first try at a start of text that fills 77 tokens (a token is ~4 characters of English)
+_WHITESPACE = " \t\n\r"
+_DROPPED_SHOWN = 200  # characters of the dropped text the warning quotes
+
+
+def check_instruction(text: str, name: str = "instruction") -> None:
+    """Refuse an instruction longer than ``defaults.MAX_INSTRUCTION_CHARS`` (before any work is spent on it)."""
+    if isinstance(text, str) and len(text) > defaults.MAX_INSTRUCTION_CHARS:
+        raise IP2PError(f"The {name} is {len(text):,} characters long; the limit is "
+                        f"{defaults.MAX_INSTRUCTION_CHARS:,}. The text encoder reads only its first 77 tokens "
+                        "(about 300 characters), so shorten it.")
+
+
+def _visible_head(tokenizer, text: str, max_len: int) -> str:
+    """The shortest whole-word start of ``text`` whose tokens overfill the encoder's window, or the whole text.
+
+    CLIP's tokenizer splits text into pieces that never span whitespace and encodes each piece alone, so every token
+    before a cut at whitespace is the token the whole text gives: tokenizing the head yields exactly the window
+    diffusers gets from the whole text, at a cost bounded by the window instead of the text's length."""
+    size = _HEAD_CHARS
+    while size < len(text):
+        cut = max(text.rfind(c, 0, size) for c in _WHITESPACE)
+        if cut > 0 and len(tokenizer(text[:cut]).input_ids) > max_len:
+            return text[:cut]
+        size *= 2
+    return text
+
+
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     max_len = tokenizer.model_max_length
-    ids = tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-    full = tokenizer(texts, padding=False, truncation=False).input_ids
-    for text, toks in zip(texts, full):
+    heads = [_visible_head(tokenizer, text, max_len) for text in texts]
+    ids = tokenizer(heads, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+    for text, head, toks in zip(texts, heads, tokenizer(heads, padding=False, truncation=False).input_ids):
         if len(toks) > max_len:
-            dropped = tokenizer.decode(toks[max_len - 1 : -1])
+            dropped = tokenizer.decode(toks[max_len - 1 : -1]) + text[len(head):]
+            count = f"{len(toks)}" if head is text else f"more than {len(toks)}"
+            shown = dropped if len(dropped) <= _DROPPED_SHOWN else \
+                f"{dropped[:_DROPPED_SHOWN]}… ({len(dropped) - _DROPPED_SHOWN:,} more characters)"
             warnings.warn(
-                f"Instruction longer than {max_len} tokens ({len(toks)}); the text encoder only sees the start. "
-                f"Dropped: {dropped!r}",
+                f"Instruction longer than {max_len} tokens ({count}); the text encoder only sees the start. "
+                f"Dropped: {shown!r}",
                 PromptTruncatedWarning,
                 stacklevel=3,
             )
@@ -115,6 +148,11 @@ def encode_instruction(
     if texts is None:
         raise IP2PError("An instruction is needed (for example 'make it winter').")
     negs = _as_list(negative, "negative instruction")
+    negative_2 = _as_list(negative_2, "negative_2")
+    for values, name in ((texts, "instruction"), (negs, "negative instruction"),
+                         (_as_list(instruction_2, "instruction_2"), "instruction_2"), (negative_2, "negative_2")):
+        for text in values or ():
+            check_instruction(text, name)
     if negs is None or all(n == "" for n in negs):
         negs = None
     if negs is not None and len(negs) == 1 and len(texts) > 1:

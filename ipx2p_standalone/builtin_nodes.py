@@ -10,7 +10,9 @@ Written for this project from ComfyUI's documented behaviour (so graphs move bet
 * SaveImage(images, filename_prefix) writes ``<prefix>_00001_.png`` (the counter continues after the highest one in
   the folder), with ``%width%``, ``%height%``, ``%year%`` … and ``%batch_num%`` substituted, a subfolder allowed in
   the prefix, and PNG text chunks ``prompt`` (the API prompt) and one per ``extra_pnginfo`` key (``workflow``), each
-  ``json.dumps`` of the value — exactly what ComfyUI writes, so ComfyUI restores the graph from the file.
+  ``json.dumps`` of the value — exactly what ComfyUI writes, so ComfyUI restores the graph from the file. Each
+  file goes to a temp file and is renamed into place; a name (or subfolder) that is a symlink leading out of the
+  output folder is refused.
 * PreviewImage(images) does the same into the temp folder with a random ``_temp_xxxxx`` prefix and fast compression.
 """
 
@@ -30,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from ipx2p_core.atomic_files import save_image_atomic
+from ipx2p_core.image import check_image_pixels
 from ipx2p_core.paths import contained_path
 
 ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
@@ -73,6 +77,7 @@ def _image_problem(path: Path | None, name: str) -> str | None:
         return f"Invalid image file: {name}"
     try:
         with Image.open(path) as img:
+            check_image_pixels(img, name=name)  # every frame, before anything is decoded
             img.verify()
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for broken files
         return f"Invalid image file: {name} is not a readable image ({type(exc).__name__}: {exc})"
@@ -99,6 +104,7 @@ class LoadImageBase:
         if path is None:
             raise ValueError(f"Invalid image file: {image}")
         img = Image.open(path)
+        check_image_pixels(img, name=image)  # every frame counts: a small first page may hide huge ones
         frames, masks = [], []
         size = None
         for frame in ImageSequence.Iterator(img):
@@ -156,7 +162,8 @@ def save_path(prefix: str, output_dir: Path, width: int = 0, height: int = 0) ->
     subfolder, stem = os.path.dirname(norm), os.path.basename(norm)
     base = Path(os.path.abspath(output_dir))
     folder = Path(os.path.abspath(base / subfolder))
-    if os.path.isabs(subfolder) or os.path.commonpath((str(base), str(folder))) != str(base):
+    if os.path.isabs(subfolder) or os.path.commonpath((str(base), str(folder))) != str(base) or \
+            contained_path(base, subfolder, allow_root=True) is None:  # also a symlinked subfolder leading out
         raise ValueError(f"Saving image outside the output folder is not allowed (prefix {prefix!r}, "
                          f"output folder {base}).")
     counter = 1
@@ -213,7 +220,11 @@ class SaveImageBase:
                     for key in extra_pnginfo:
                         info.add_text(key, json.dumps(extra_pnginfo[key]))
             name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-            img.save(folder / name, pnginfo=info, compress_level=self.compress_level)
+            if contained_path(out_dir, subfolder, name) is None:  # a symlink of that name leading out
+                raise ValueError(f"Saving image outside the output folder is not allowed: {folder / name} is a "
+                                 f"link that leads outside the output folder {out_dir}.")
+            # temp file + rename: a killed run never leaves half a PNG under a real name
+            save_image_atomic(img, folder / name, format="PNG", pnginfo=info, compress_level=self.compress_level)
             results.append({"filename": name, "subfolder": subfolder, "type": self.kind})
             counter += 1
         return {"ui": {"images": results}}

@@ -14,6 +14,7 @@ from ipx2p_core.families import family_names
 from ipx2p_core.schedulers import SCHEDULERS
 
 from .compile_option import add_compile_argument, show_compile_progress
+from .output_files import check_outputs, save_output
 
 
 # ------------------------------------------------------------------------------------------------------- arguments
@@ -84,7 +85,9 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
     p.add_argument("instruction", help='what to change, e.g. "make it winter"')
-    p.add_argument("-o", "--output", default="edited.png", help="output PNG (several images get _1, _2, ...)")
+    p.add_argument("-o", "--output", default="edited.png",
+                   help="output image, .png, .jpg or .webp (several images get _1, _2, ...)")
+    _add_overwrite_argument(p)
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
@@ -100,7 +103,9 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file")
     p.add_argument("instruction", help='what to change, e.g. "make it winter"')
-    p.add_argument("-o", "--output", default="sweep.png", help="contact sheet PNG (cells go to OUTPUT_cells/)")
+    p.add_argument("-o", "--output", default="sweep.png",
+                   help="contact sheet, .png, .jpg or .webp (cells go to OUTPUT_cells/ in the same format)")
+    _add_overwrite_argument(p)
     text_values = format_number_list(defaults.SWEEP_TEXT_GUIDANCES)
     image_values = format_number_list(defaults.SWEEP_IMAGE_GUIDANCES)
     p.add_argument("--text", dest="text_values", default=text_values,
@@ -121,7 +126,8 @@ def add_edit_parsers(sub) -> None:
     )
     p.add_argument("image", help="input image file")
     p.add_argument("instructions", nargs="+", help='instructions in order, e.g. "make it winter" "add a snowman"')
-    p.add_argument("-o", "--output", default="chain.png", help="output PNG (steps get _1, _2, ...)")
+    p.add_argument("-o", "--output", default="chain.png", help="output image, .png, .jpg or .webp (steps get _1, _2, ...)")
+    _add_overwrite_argument(p)
     _add_model_arguments(p)
     _add_sampling_arguments(p)
     p.set_defaults(func=cmd_chain)
@@ -130,19 +136,54 @@ def add_edit_parsers(sub) -> None:
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
+def _add_overwrite_argument(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow -o to name the input image (or mask) and replace it; other existing files of the "
+                        "output's name are always replaced")
+
+
 def _output_paths(output: str, count: int) -> list[Path]:
     out = Path(output)
-    if out.suffix.lower() != ".png":
+    if not out.suffix:
         out = out.with_suffix(".png")
     if count == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
 
 
+def bounded_text(meta: dict, key: str, text: str | None) -> None:
+    """``meta[key] = text``, or for a text longer than ``defaults.METADATA_TEXT_CHARS`` its start plus its length and
+    sha256 (``KEY_chars``, ``KEY_sha256``): metadata stays small whatever was typed."""
+    import hashlib
+
+    if text is None or len(text) <= defaults.METADATA_TEXT_CHARS:
+        meta[key] = text
+        return
+    meta[key] = text[: defaults.METADATA_TEXT_CHARS] + "…"
+    meta[f"{key}_chars"] = len(text)
+    meta[f"{key}_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_instructions(args) -> None:
+    """The instruction length limit, checked before the model loads."""
+    from ipx2p_core.text import check_instruction
+
+    for text in [getattr(args, "instruction", None), *getattr(args, "instructions", [])]:
+        check_instruction(text)
+    check_instruction(args.negative, "negative instruction")
+
+
+def _cell_path(sheet: Path, text: float, image: float, per_cell: int, k: int) -> Path:
+    """A sweep cell's file: OUTPUT_cells/textT_imageG[_N] in the sheet's format."""
+    return sheet.with_name(f"{sheet.stem}_cells") / \
+        f"text{text:g}_image{image:g}{'' if per_cell == 1 else f'_{k + 1}'}{sheet.suffix}"
+
+
 def settings_metadata(args, model, seed: int) -> dict:
-    meta = {
-        "instruction": getattr(args, "instruction", None),
-        "negative": args.negative,
+    meta = {"instruction": None, "negative": None}
+    bounded_text(meta, "instruction", getattr(args, "instruction", None))
+    bounded_text(meta, "negative", args.negative)
+    meta.update({
         "model": Path(model.source).name,
         "family": model.family.name,
         "steps": args.steps,
@@ -154,7 +195,7 @@ def settings_metadata(args, model, seed: int) -> dict:
         "dtype": args.dtype,
         "generator": "ipx2p",
         **_adapter_metadata(model),
-    }
+    })
     if getattr(model, "compiled", False):
         meta["compiled"] = True  # fast mode ran (pixels within 1e-3 of eager)
     for extra in ("guidance_rescale", "eta", "strength", "image_guidance_end", "mask"):
@@ -207,11 +248,6 @@ def png_info(metadata: dict):
             f"Image CFG scale: {metadata['image_guidance']}, Seed: {metadata['seed']}, Model: {metadata['model']}",
         )
     return info
-
-
-def save_png(image, path: Path, metadata: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=png_info(metadata))
 
 
 def _settings(args, **extra):
@@ -287,6 +323,8 @@ def cmd_edit(args) -> int:
     from ipx2p_core.pipeline import edit
 
     # Check cheap inputs before the expensive model load.
+    check_instructions(args)
+    check_outputs(_output_paths(args.output, args.images), [args.image, args.mask], args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args, images_per_instruction=args.images, guidance_rescale=args.guidance_rescale,
                          eta=args.eta, strength=args.strength, image_guidance_end=args.image_guidance_end)
@@ -303,7 +341,7 @@ def cmd_edit(args) -> int:
     paths = _output_paths(args.output, result.images.shape[0])
     meta = settings_metadata(args, model, args.seed)
     for i, (img, path) in enumerate(zip(images_to_pil(result.images), paths)):
-        save_png(img, path, {**meta, "index": i})
+        save_output(img, path, {**meta, "index": i})
         print(path)
     return 0
 
@@ -313,7 +351,11 @@ def cmd_sweep(args) -> int:
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import guidance_sweep
 
+    check_instructions(args)
     texts, imgs = parse_number_list(args.text_values, "--text"), parse_number_list(args.image_values, "--image")
+    sheet_path = _output_paths(args.output, 1)[0]
+    check_outputs([sheet_path, *(_cell_path(sheet_path, t, g, 1, 0) for t in texts for g in imgs)], [args.image],
+                  args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)
@@ -325,16 +367,14 @@ def cmd_sweep(args) -> int:
                                 max_rows=args.max_batch, callback=progress)
     finally:
         progress.close()
-    sheet_path = _output_paths(args.output, 1)[0]
     meta = settings_metadata(args, model, args.seed)
-    save_png(images_to_pil(result.sheet)[0], sheet_path, {**meta, "cells": [list(c) for c in result.cells]})
+    save_output(images_to_pil(result.sheet)[0], sheet_path, {**meta, "cells": [list(c) for c in result.cells]})
     print(sheet_path)
-    cells_dir = sheet_path.with_name(f"{sheet_path.stem}_cells")
     per_cell = result.images.shape[0] // len(result.cells)
     for k, img in enumerate(images_to_pil(result.images)):
         t, g = result.cells[k // per_cell]
-        path = cells_dir / f"text{t:g}_image{g:g}" f"{'' if per_cell == 1 else f'_{k % per_cell + 1}'}.png"
-        save_png(img, path, {**meta, "text_guidance": t, "image_guidance": g})
+        path = _cell_path(sheet_path, t, g, per_cell, k % per_cell)
+        save_output(img, path, {**meta, "text_guidance": t, "image_guidance": g})
         print(path)
     return 0
 
@@ -344,6 +384,9 @@ def cmd_chain(args) -> int:
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import edit_chain
 
+    check_instructions(args)
+    check_outputs(_output_paths(args.output, len([s for s in args.instructions if s.strip()])), [args.image],
+                  args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)
@@ -358,6 +401,6 @@ def cmd_chain(args) -> int:
     meta = settings_metadata(args, model, args.seed)
     steps = [s for s in args.instructions if s.strip()]
     for i, (result, path) in enumerate(zip(results, paths)):
-        save_png(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
+        save_output(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
         print(path)
     return 0

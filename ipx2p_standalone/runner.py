@@ -36,7 +36,6 @@ import inspect
 import logging
 import math
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ipx2p_core.atomic_files import private_temp_folder, remove_leftovers
 from ipx2p_core.errors import Cancelled
 from ipx2p_nodes.host import set_host
 
@@ -492,6 +492,7 @@ class Runner:
             temp=self._shared_temp_folder(temp_dir),
             png_metadata=png_metadata,
         )
+        remove_leftovers(self.folders.output)  # temp files of a SaveImage that was killed mid-write
         self.node_classes: dict[str, type] = {}
         self.display_names: dict[str, str] = dict(display_names or {})
         if include_builtins:
@@ -512,7 +513,7 @@ class Runner:
         own = self.host.temp_folder
         temp = Path(temp_dir).expanduser().absolute() if temp_dir is not None else own
         if temp is None:
-            temp = Path(tempfile.mkdtemp(prefix="ipx2p-temp-"))
+            temp = private_temp_folder()  # removed at exit; a killed run's is removed by the next start
         if own is None:
             self.host.temp_folder = temp
         elif own != temp:

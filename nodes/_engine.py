@@ -7,9 +7,9 @@ the relative import has no parent package and the installed top-level ``ipx2p_co
 
 try:
     from .. import ipx2p_core as core
-    from ..ipx2p_core import number_lists, paths  # noqa: F401 - loaded so that core.paths etc. resolve
+    from ..ipx2p_core import atomic_files, number_lists, paths  # noqa: F401 - loaded so that core.paths etc. resolve
 except ImportError:
     import ipx2p_core as core  # type: ignore[no-redef]
-    from ipx2p_core import number_lists, paths  # type: ignore[no-redef]  # noqa: F401
+    from ipx2p_core import atomic_files, number_lists, paths  # type: ignore[no-redef]  # noqa: F401
 
-__all__ = ["core", "number_lists", "paths"]
+__all__ = ["atomic_files", "core", "number_lists", "paths"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ._engine import atomic_files
 from .common import CATEGORY
 from .host import get_host
 
@@ -19,7 +20,8 @@ def _save(images, folder: Path, stem: str, side: str) -> list[dict]:
     for i, image in enumerate(images[:MAX_PAIRS]):
         pixels = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
         name = f"{stem}_{i:05}_{side}.png"
-        Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels).save(folder / name, compress_level=1)
+        atomic_files.save_image_atomic(Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels), folder / name,
+                                       format="PNG", compress_level=1)
         out.append({"filename": name, "subfolder": "", "type": "temp"})
     return out
 

@@ -227,7 +227,7 @@ def test_sigkill_mid_run_then_resume_does_every_row_exactly_once(tiny_sd, photo,
     for name in (n for n in visible_files(out) if n.endswith(".png") and not n.startswith(".")):
         with Image.open(out / name) as img:
             img.load()  # every file under a real name is a whole PNG
-    (out / ".p7.ipx2p-partial-x1y2.png").write_bytes(b"\x89PNG half")  # what a kill during a write leaves
+    (out / ".ipx2p-4194000-x1y2.png").write_bytes(b"\x89PNG half")  # what a kill during a write leaves
 
     assert main(argv) == 0
     records = results(out)

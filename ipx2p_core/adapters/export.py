@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..atomic_files import atomic_folder, atomic_path
 from ..errors import IP2PError
 from ..models import IP2PModel
 from .lora import lora_loader
@@ -90,9 +91,9 @@ def save_lora_stack(model: IP2PModel, path: str | os.PathLike) -> Path:
         raise IP2PError("All of this model's LoRAs have strength 0; there is nothing to save.")
     # save_lora_weights takes one <component>_lora_layers argument per component of the family's pipeline
     layers = {f"{component}_lora_layers": stack or None for component, stack in stacks.items()}
-    kwargs = dict(save_directory=str(folder), weight_name=weight_name, safe_serialization=True, **layers)
-    folder.mkdir(parents=True, exist_ok=True)
-    lora_loader(model).save_lora_weights(**kwargs)
+    with atomic_path(folder / weight_name) as tmp:  # written under a temp name, renamed when complete
+        lora_loader(model).save_lora_weights(save_directory=str(folder), weight_name=tmp.name,
+                                             safe_serialization=True, **layers)
     return folder / weight_name
 
 
@@ -167,7 +168,8 @@ def save_merged_model(model: IP2PModel, path: str | os.PathLike, format: str = "
             )
         save_single_file(path, unet_sd, model.vae, tuple(te_sds), model.family.name)
         return path
-    _save_diffusers_folder(model, path, unet_sd, te_sds)
+    with atomic_folder(path) as tmp:  # built beside the target, renamed into place when complete
+        _save_diffusers_folder(model, tmp, unet_sd, te_sds)
     return path
 
 

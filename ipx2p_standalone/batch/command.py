@@ -151,11 +151,12 @@ def _edit_spec(args, out: Path) -> tuple[JobSpec, str]:
     from ipx2p_core.image import ResizePolicy
     from ipx2p_core.models import resolve_model_path
 
-    from ..edit_commands import _settings, parse_lora_argument
+    from ..edit_commands import _settings, check_instructions, parse_lora_argument
     from ..model_download import resolve_model_argument
 
     if not args.model:
         raise BadCommand("--model is needed (or --workflow to run a workflow file per row).")
+    check_instructions(args)  # the command's instruction; a row's own is refused by the engine, for that row only
     ResizePolicy.parse(args.resize)
     _settings(args, guidance_rescale=args.guidance_rescale, eta=args.eta, strength=args.strength,
               image_guidance_end=args.image_guidance_end)  # the command's own values: a bad one is a bad command

@@ -18,11 +18,12 @@ from types import SimpleNamespace
 import torch
 
 from ipx2p_core import IP2PError, SamplerSettings
+from ipx2p_core.atomic_files import write_atomic
 from ipx2p_core.image import ImageLatents
 from ipx2p_core.masks import EditRegion
 from ipx2p_core.text import Conditioning
 
-from .journal import utc_now, worker_name, write_atomic
+from .journal import utc_now, worker_name
 from .tasks import JobSpec, RowTask
 
 TEXT_CACHE_SIZE = 256  # distinct (instruction, negative) encodings kept; an SDXL pair is about 0.6 MB in fp16

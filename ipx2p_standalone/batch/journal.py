@@ -10,47 +10,20 @@ One job at a time per output folder: the journal holds an exclusive lock (``floc
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
+from ipx2p_core.atomic_files import is_temp_name
+
 RESULTS_NAME = "results.jsonl"
-PARTIAL_TAG = ".ipx2p-partial-"  # temporaries of write_atomic: ".<name>.ipx2p-partial-XXXX.png"
 STAGING_PREFIX = ".ipx2p-staging-"  # a workflow worker's private SaveImage folder
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class JournalLocked(RuntimeError):
     """Another batch job is writing to the same output folder."""
-
-
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename; returns its sha256.
-
-    The temp name keeps the suffix (``.png``) so tools that sniff names still work, and carries PARTIAL_TAG so the
-    next run can remove what a killed run left behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}{PARTIAL_TAG}", suffix=path.suffix)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return hashlib.sha256(data).hexdigest()
 
 
 def clean_leftovers(out_dir: Path) -> int:
@@ -62,7 +35,7 @@ def clean_leftovers(out_dir: Path) -> int:
             dirnames.remove(d)
             removed += 1
         for f in filenames:
-            if PARTIAL_TAG in f:
+            if is_temp_name(f):  # the journal's lock says no live writer is using this folder
                 try:
                     os.unlink(Path(dirpath) / f)
                     removed += 1

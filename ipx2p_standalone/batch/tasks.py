@@ -18,9 +18,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ipx2p_core import defaults
+from ipx2p_core.atomic_files import is_temp_name
 from ipx2p_core.errors import IP2PError
 
-from .journal import PARTIAL_TAG, RESULTS_NAME, STAGING_PREFIX
+from .journal import RESULTS_NAME, STAGING_PREFIX
 from .manifest import Manifest, RawRow, is_node_column
 
 KEY_VERSION = 1  # bump when the meaning of a key changes, so old results are not taken for new ones
@@ -172,7 +173,7 @@ def _output_name(value, where: str) -> str:
         raise RowError(f"{where}: output {value!r} must be a .png name (outputs are PNG files with their settings).")
     if not rel.suffix:
         rel = rel.with_suffix(".png")
-    if rel.as_posix() == RESULTS_NAME or PARTIAL_TAG in rel.name or any(p.startswith(STAGING_PREFIX)
+    if rel.as_posix() == RESULTS_NAME or is_temp_name(rel.name) or any(p.startswith(STAGING_PREFIX)
                                                                         for p in rel.parts):
         raise RowError(f"{where}: output {value!r} is a name the batch uses itself; choose another.")
     return rel.as_posix()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import importlib.resources
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from .files import Files
 from .events import Hub
 from .prompt_queue import PromptQueue, Worker
 from .routes import Api, add_api_routes
+from ipx2p_core.atomic_files import remove_leftovers, remove_stale_temp_folders
 from ipx2p_core.paths import within
 
 from .security import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, is_loopback, origin_middleware
@@ -40,8 +42,13 @@ log = logging.getLogger(__name__)
 PACK_NAME = "comfyui-ipx2p"  # the folder name the pack has in ComfyUI's custom_nodes: extensions, templates
 FRONTEND_PACKAGE = "comfyui-frontend-package"
 FRONTEND_VERSION = "1.27.10"  # the frontend whose backend contract this server implements
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDIO_KEY = web.AppKey("ipx2p_studio", object)
+
+
+def packaged_folder(name: str) -> Path:
+    """The pack's ``web`` or ``example_workflows`` folder: inside the installed studio package in a wheel, the
+    repository's folder in an editable install (pyproject.toml maps the package names to them)."""
+    return Path(str(importlib.resources.files(f"{__package__}.{name}")))
 
 
 class StudioError(RuntimeError):
@@ -148,12 +155,15 @@ class Studio:
 
         self.config = config
         self.frontend_dir, self.frontend_version = frontend_static(config.frontend_dir)
-        self.web_dir = Path(config.web_dir) if config.web_dir is not None else REPO_ROOT / "web"
+        self.web_dir = Path(config.web_dir) if config.web_dir is not None else packaged_folder("web")
         self.examples_dir = Path(config.examples_dir) if config.examples_dir is not None \
-            else REPO_ROOT / "example_workflows"
+            else packaged_folder("example_workflows")
 
         self._own_temp = config.temp_dir is None
-        temp = Path(tempfile.mkdtemp(prefix="ipx2p-studio-temp-")) if self._own_temp else Path(config.temp_dir)
+        if self._own_temp:
+            remove_stale_temp_folders()  # those of studios that were killed
+        temp = Path(tempfile.mkdtemp(prefix=f"ipx2p-studio-temp-{os.getpid()}-")) if self._own_temp \
+            else Path(config.temp_dir)
         # our own temporary folder goes when the server stops, or with this object if it never ran
         self._remove_temp = weakref.finalize(self, shutil.rmtree, temp, True) if self._own_temp else None
         self.folders = {
@@ -167,6 +177,8 @@ class Studio:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StudioError(f"Cannot create the folder {folder}: {exc.strerror}") from None
+        for folder in (self.folders["input"], self.user_dir):
+            remove_leftovers(folder)  # uploads and saved workflows of a studio killed mid-write
         self._copy_example_inputs()
 
         self.max_upload = int(config.max_upload_mb * 1024 * 1024)

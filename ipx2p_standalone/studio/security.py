@@ -19,20 +19,22 @@ import functools
 import ipaddress
 import io
 import logging
-import os
 import socket
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
 
+from ipx2p_core import defaults
+from ipx2p_core.atomic_files import TEMP_PREFIX, write_atomic  # noqa: F401 - re-exported for the studio
+from ipx2p_core.errors import IP2PError
+from ipx2p_core.image import check_image_pixels
 from ipx2p_core.paths import split_user_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels: any camera photo, never a decompression bomb
+DEFAULT_MAX_IMAGE_PIXELS = defaults.MAX_IMAGE_PIXELS  # over all frames: any photo, never a decompression bomb
 
 def safe_filename(name: str | None) -> str | None:
     """An uploaded file's name if it is a plain file name (no folders, no tricks), else None."""
@@ -142,10 +144,11 @@ class ImageRejected(ValueError):
 
 
 def check_image_size(img, max_pixels: int, name: str = "image") -> None:
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageRejected(f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of "
-                            f"{max_pixels:,} (a decompression bomb, or simply too large to edit)", status=413)
+    """Every frame's pixels against the limit (the engine's one rule: headers only, nothing decoded)."""
+    try:
+        check_image_pixels(img, max_pixels, name)
+    except IP2PError as exc:
+        raise ImageRejected(str(exc), status=413) from None
 
 
 def check_image_bytes(data: bytes, max_pixels: int, name: str = "image"):
@@ -178,21 +181,5 @@ def open_checked_image(path: Path, max_pixels: int):
     return img
 
 
-ATOMIC_TMP_PREFIX = ".ipx2p-"  # the temp files of write_atomic; listings skip them
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename: readers never see half a file, and a symlink
-    at ``path`` is replaced rather than written through."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=ATOMIC_TMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+# One crash-safe writer for the whole project (the engine side imports it without aiohttp).
+ATOMIC_TMP_PREFIX = TEMP_PREFIX  # the temp files of write_atomic; listings skip them

@@ -1,0 +1,2 @@
+"""The example workflows (ComfyUI lists this folder as the pack's templates); a package only so that a wheel ships it
+inside ipx2p_standalone.studio and the studio finds it with importlib.resources. Nothing here is imported."""
