@@ -3,8 +3,12 @@
 ComfyUI imports this file by path, so everything inside the pack uses relative imports.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-WEB_DIRECTORY = "./web"
+    WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+# else: imported with no parent package. pytest does this when the clone's folder name is no Python identifier (the
+# README's `comfyui-ipx2p`): the repository root holds this __init__.py, so pytest imports it as a plain module
+# `__init__` while collecting tests/. There is nothing to register then.

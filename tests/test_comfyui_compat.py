@@ -1,11 +1,11 @@
 """Compatibility with a real ComfyUI: the pack loads, /object_info lists our nodes, and every example workflow queued
 through ComfyUI's /prompt gives the same PNGs as our runner.
 
-Runs only when IPX2P_COMFYUI_DIR points at a ComfyUI checkout; IPX2P_COMFYUI_PYTHON names the interpreter of its
-environment (which also needs this pack's requirements). Our runner side runs with that same interpreter, so both
+Runs only when IPX2P_COMFYUI_DIR points at a ComfyUI checkout. Its interpreter is found in the checkout's venv
+(venv/ or .venv/), or named by IPX2P_COMFYUI_PYTHON; that environment also needs this pack's requirements. Our runner side runs with that same interpreter, so both
 sides use the same torch build and the comparison can be exact.
 
-    IPX2P_COMFYUI_DIR=~/ComfyUI IPX2P_COMFYUI_PYTHON=~/ComfyUI/venv/bin/python pytest tests/test_comfyui_compat.py
+    IPX2P_COMFYUI_DIR=~/ComfyUI pytest tests/test_comfyui_compat.py
 """
 
 from __future__ import annotations
@@ -27,8 +27,25 @@ from PIL import Image
 from examples_helpers import EXAMPLES, ROOT, build_models_dir, copy_inputs, load_example, tiny_overrides
 
 COMFY_DIR = os.environ.get("IPX2P_COMFYUI_DIR")
-COMFY_PYTHON = os.environ.get("IPX2P_COMFYUI_PYTHON", sys.executable)
 pytestmark = pytest.mark.skipif(not COMFY_DIR, reason="set IPX2P_COMFYUI_DIR to a ComfyUI checkout to run")
+# where ComfyUI's installs keep their environment: a venv made in the checkout, or the portable build's embedded one
+VENV_PYTHONS = ("venv/bin/python", ".venv/bin/python", "venv/Scripts/python.exe", ".venv/Scripts/python.exe",
+                "../python_embeded/python.exe")
+
+
+def comfy_python(comfy_dir: str | None, explicit: str | None) -> str:
+    """ComfyUI's interpreter: IPX2P_COMFYUI_PYTHON, else the venv inside the checkout; else an error naming both."""
+    if explicit:
+        return explicit
+    for rel in VENV_PYTHONS:
+        candidate = Path(comfy_dir or ".") / rel
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError(f"No Python environment found for ComfyUI in {comfy_dir} (looked for "
+                       f"{', '.join(VENV_PYTHONS)}); set IPX2P_COMFYUI_PYTHON to the interpreter that runs ComfyUI.")
+
+
+COMFY_PYTHON = comfy_python(COMFY_DIR, os.environ.get("IPX2P_COMFYUI_PYTHON")) if COMFY_DIR else sys.executable
 
 # Runs our runner inside ComfyUI's Python: the nodes folder is imported under its installed name, ipx2p_nodes.
 RUNNER_SCRIPT = r"""
