@@ -258,7 +258,12 @@ def _load_into(module, state_dict: Mapping[str, torch.Tensor], what: str, path: 
 
 def _model_dtype_device(model, dtype: torch.dtype, device: torch.device):
     if model.dtype != dtype:
-        model = model.to(dtype=dtype)
+        if getattr(model, "_keep_in_fp32_modules", None):  # diffusers' to() keeps (and warns about) those modules
+            model = model.to(dtype=dtype)
+        else:
+            # diffusers' ModelMixin.to() logs "modules that should be kept in float32: []" on every dtype cast, even
+            # when the list is empty (0.42): torch's own to() does the same cast without it
+            model = torch.nn.Module.to(model, dtype=dtype)
     return model.to(device=device) if model.device != device else model
 
 
