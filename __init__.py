@@ -4,9 +4,17 @@ ComfyUI imports this file by path, so everything inside the pack uses relative i
 """
 
 if __package__:
+    from pathlib import Path
+
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes.host import running_in_comfyui
 
     WEB_DIRECTORY = "./web"
+
+    if running_in_comfyui():  # the example workflows' images, so the templates run on the first Queue
+        from .nodes.comfy_host import copy_example_inputs
+
+        copy_example_inputs(Path(__file__).parent / "example_workflows" / "input")
 
     __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 # else: imported with no parent package. pytest does this when the clone's folder name is no Python identifier (the

@@ -81,9 +81,13 @@ class IPX2PLoadModel:
         return True
 
     def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE):
+        host = get_host()
         path = resolve_model_choice(model_name)
-        dev = core.models.parse_device(get_host().device() if device == "auto" else device)
-        return (core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev),)
+        dev = core.models.parse_device(host.device() if device == "auto" else device)
+        model = core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
+                                cache=host.model_cache())
+        host.prepare_memory(model)  # owned by the host's memory management from the start (ComfyUI: /free drops it)
+        return (model,)
 
 
 class IPX2PApplyLoRA:

@@ -26,3 +26,117 @@ def test_comfy_python_missing_names_the_variable(tmp_path):
     assert str(err.value) == (f"No Python environment found for ComfyUI in {tmp_path} (looked for "
                               f"{', '.join(VENV_PYTHONS)}); set IPX2P_COMFYUI_PYTHON to the interpreter that runs "
                               "ComfyUI.")
+
+
+# ------------------------------------------------------------------------------------------ memory (issue 12.1)
+
+
+@pytest.fixture()
+def fake_comfy(monkeypatch, tmp_path, tiny_sd):
+    """ComfyUI's folder_paths and model management, as far as the ComfyHost uses them: LoadedModel keeps only a
+    weak reference to the patcher, as comfy/model_management.py does."""
+    import os
+    import types
+    import weakref
+
+    import torch
+
+    from ipx2p_nodes.comfy_host import ComfyHost
+    from ipx2p_nodes.host import get_host, set_host
+
+    models = tmp_path / "models"
+    (models / "diffusers").mkdir(parents=True)
+    os.symlink(tiny_sd["folder"], models / "diffusers" / "tiny-sd")
+    folder_paths = types.ModuleType("folder_paths")
+    folder_paths.get_folder_paths = lambda kind: [str(models / kind)]
+    folder_paths.get_filename_list = lambda kind: []
+    folder_paths.get_full_path = lambda kind, name: None
+    mm = types.ModuleType("comfy.model_management")
+    mm.loaded = []  # weak references, as ComfyUI's LoadedModel holds
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.load_models_gpu = lambda patchers, force_full_load=False: mm.loaded.extend(weakref.ref(p) for p in patchers)
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    patcher_mod = types.ModuleType("comfy.model_patcher")
+    patcher_mod.ModelPatcher = ModelPatcher
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.model_patcher = mm, patcher_mod
+    for name, mod in (("folder_paths", folder_paths), ("comfy", comfy), ("comfy.model_management", mm),
+                      ("comfy.model_patcher", patcher_mod)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    previous = get_host()
+    set_host(ComfyHost())
+    yield mm
+    set_host(previous)
+
+
+def test_inside_comfyui_a_loaded_model_is_owned_by_its_model_management(fake_comfy):
+    import gc
+    import weakref
+
+    import ipx2p_nodes
+    from ipx2p_core import MODEL_CACHE
+
+    MODEL_CACHE.clear()
+    (model,) = ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"]().load("[diffusers] tiny-sd", "auto", "fp32", "cpu")
+    # registered on the CPU too, with every module of the model, and nothing kept in the engine's cache
+    (patcher,) = [ref() for ref in fake_comfy.loaded]
+    assert patcher.load_device.type == "cpu" and patcher.offload_device.type == "cpu"
+    assert patcher.model.unet is model.unet and patcher.model.vae is model.vae
+    assert list(patcher.model.text_encoders) == list(model.text_encoders)
+    assert len(MODEL_CACHE) == 0
+    # every node's prepare() finds the same patcher (ComfyUI compares LoadedModels by patcher identity)
+    ipx2p_nodes.common.prepare(model)
+    assert fake_comfy.loaded[1]() is patcher
+    # when ComfyUI drops its node outputs (/free with free_memory) and collects, the weights go
+    unet = weakref.ref(model.unet)
+    del model, patcher
+    gc.collect()
+    assert unet() is None and [ref() for ref in fake_comfy.loaded] == [None, None]
+
+
+# ------------------------------------------------------------------------------------- example inputs (12.2)
+
+
+def test_example_inputs_are_copied_without_replacing_the_users_files(tmp_path):
+    from examples_helpers import EXAMPLES_DIR
+
+    from ipx2p_nodes.comfy_host import copy_missing_files
+
+    target = tmp_path / "input"
+    target.mkdir()
+    (target / "ipx2p_example.png").write_bytes(b"the user's own picture")
+    copied = copy_missing_files(EXAMPLES_DIR / "input", target)
+    assert copied == [target / "ipx2p_example_sky_mask.png"]
+    assert (target / "ipx2p_example.png").read_bytes() == b"the user's own picture"
+    assert copied[0].read_bytes() == (EXAMPLES_DIR / "input" / "ipx2p_example_sky_mask.png").read_bytes()
+    assert sorted(p.name for p in target.iterdir()) == ["ipx2p_example.png", "ipx2p_example_sky_mask.png"]  # no temp
+    assert copy_missing_files(EXAMPLES_DIR / "input", target) == []
+
+
+def test_the_pack_copies_example_inputs_when_comfyui_loads_it(fake_comfy, tmp_path, monkeypatch):
+    """ComfyUI loads the pack by path (spec_from_file_location with the folder as package); inside ComfyUI the
+    pack's __init__ fills the input folder."""
+    import importlib.util
+    import sys as _sys
+
+    from examples_helpers import EXAMPLES_DIR, ROOT
+
+    input_dir = tmp_path / "comfy-input"
+    monkeypatch.setattr(_sys.modules["folder_paths"], "get_input_directory", lambda: str(input_dir), raising=False)
+    monkeypatch.setitem(_sys.modules, "comfy.model_management", fake_comfy)
+    spec = importlib.util.spec_from_file_location("custom_nodes_x_comfyui_ipx2p", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    _sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:  # the pack's second copy (nodes, engine) goes again
+        for name in [n for n in _sys.modules if n == spec.name or n.startswith(spec.name + ".")]:
+            del _sys.modules[name]
+    assert "IPX2PLoadModel" in module.NODE_CLASS_MAPPINGS
+    assert sorted(p.name for p in input_dir.iterdir()) == sorted(p.name for p in (EXAMPLES_DIR / "input").iterdir())

@@ -45,6 +45,7 @@ def test_every_example_is_listed_and_has_a_thumbnail():
         wf = load_example(name)
         notes = [n for n in wf["nodes"] if n["type"] == "Note"]
         assert notes and "models/" in notes[0]["widgets_values"][0]  # says where the model goes
+        assert "copied into ComfyUI's input folder when the pack loads" in notes[0]["widgets_values"][0]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -114,3 +115,30 @@ def test_a_missing_model_is_one_error(runner):
     (err,) = result.node_errors[load_id]["errors"]
     assert err["type"] == "custom_validation_failed"
     assert err["details"].startswith("model_name - Model 'nope.safetensors' not found in the checkpoints folders")
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos; size is the body below it
+WIDGET_ROW = 24  # a widget's height plus its gap in the frontend (LiteGraph: 20 + 4)
+
+
+def _rect(node) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_nodes_do_not_overlap(name):
+    """Issue 12.2: no node covers another (the SD 1.5 staged example's Note hid Encode Image's widgets)."""
+    nodes = load_example(name)["nodes"]
+    for node in nodes:  # each body is at least tall enough for its widgets and sockets
+        rows = len(node.get("widgets_values", [])) + max(len(node["inputs"]), len(node["outputs"]))
+        assert node["size"][1] >= rows * WIDGET_ROW * 0.75, (node["type"], node["size"])
+    overlaps = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            ax0, ay0, ax1, ay1 = _rect(a)
+            bx0, by0, bx1, by1 = _rect(b)
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                overlaps.append((a["id"], a["type"], b["id"], b["type"]))
+    assert overlaps == []

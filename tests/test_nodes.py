@@ -91,9 +91,9 @@ def test_sampler_reports_progress_and_previews_and_stops_on_interrupt(host, phot
 
 
 def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, tiny_sd):
-    """Inside ComfyUI a GPU model is wrapped once in a ModelPatcher and loaded through load_models_gpu before each
-    node's work, so ComfyUI can evict it ("Unload models", POST /free). ComfyUI itself is faked here; the real
-    behaviour is covered by tests/test_comfyui_compat.py where a GPU is available."""
+    """Inside ComfyUI every model (on the CPU too, issue 12) is wrapped once in a ModelPatcher and loaded through
+    load_models_gpu before each node's work, so ComfyUI can evict it ("Unload models", POST /free). ComfyUI itself
+    is faked here; the real behaviour is covered by tests/test_comfyui_compat.py."""
     import sys
     import types
 
@@ -114,17 +114,19 @@ def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, t
     monkeypatch.setitem(sys.modules, "comfy.model_patcher", types.SimpleNamespace(ModelPatcher=FakePatcher))
     comfy.model_management, comfy.model_patcher = mm, sys.modules["comfy.model_patcher"]
 
-    model = load_model(tiny_sd["folder"], cache=None)
     host = ComfyHost()
+    model = load_model(tiny_sd["folder"], cache=None)
     host.prepare_memory(model)
-    assert loaded == []  # CPU models stay out of ComfyUI's GPU bookkeeping
-    gpu_like = type(model)(**{**model.__dict__, "device": torch.device("cuda")})
+    ((cpu_patcher,), full) = loaded.pop()
+    assert full is True and cpu_patcher.load_device == cpu_patcher.offload_device == torch.device("cpu")
+    base = load_model(tiny_sd["folder"], cache=None)  # other modules: a model loaded onto a GPU
+    gpu_like = type(base)(**{**base.__dict__, "device": torch.device("cuda")})
     host.prepare_memory(gpu_like)
     host.prepare_memory(gpu_like)
     (first, full), (second, _) = loaded
-    assert full is True and first[0] is second[0]  # one patcher per base model, reused
+    assert full is True and first[0] is second[0] and first[0] is not cpu_patcher  # one patcher per base model
     holder = first[0].model
-    assert holder.unet is model.unet and holder.vae is model.vae and list(holder.text_encoders) == [model.text_encoders[0]]
+    assert holder.unet is base.unet and holder.vae is base.vae and list(holder.text_encoders) == [base.text_encoders[0]]
     assert first[0].load_device == torch.device("cuda") and first[0].offload_device == "cpu"
 
 
@@ -138,7 +140,7 @@ def _fake_comfyui(monkeypatch, tmp_path):
     class InterruptProcessingException(Exception):
         pass
 
-    state = {"flag": False, "steps": []}
+    state = {"flag": False, "steps": [], "loads": []}
 
     def throw_exception_if_processing_interrupted():
         if state["flag"]:
@@ -148,7 +150,9 @@ def _fake_comfyui(monkeypatch, tmp_path):
     mm = types.SimpleNamespace(InterruptProcessingException=InterruptProcessingException,
                                processing_interrupted=lambda: state["flag"],
                                throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
-                               get_torch_device=lambda: torch.device("cpu"))
+                               get_torch_device=lambda: torch.device("cpu"),
+                               unet_offload_device=lambda: torch.device("cpu"),
+                               load_models_gpu=lambda patchers, force_full_load: state["loads"].append(patchers))
 
     class ProgressBar:
         def __init__(self, total):
@@ -161,6 +165,8 @@ def _fake_comfyui(monkeypatch, tmp_path):
 
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.utils = mm, types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_patcher = types.SimpleNamespace(ModelPatcher=lambda model, load_device, offload_device: model)
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", comfy.model_patcher)
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
     monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
@@ -186,6 +192,7 @@ def test_inside_comfyui_a_cancel_is_comfyuis_own_interrupt(monkeypatch, host, ph
 
     assert isinstance(stopped.value.__cause__, Cancelled)
     assert state["steps"] == [1] and state["flag"] is False  # stopped before step 2; the flag is consumed
+    assert len(state["loads"]) == 1  # the sampler handed the model to ComfyUI's model management first
     assert get_host().temp_dir() == tmp_path / "comfy-temp"  # Compare's folder inside ComfyUI
 
 
