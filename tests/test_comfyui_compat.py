@@ -316,3 +316,15 @@ def test_prompt_validation_is_comfyuis_own_for_every_input_we_do_not_judge(comfy
     (err,) = body["node_errors"]["1"]["errors"]
     assert err["type"] == "custom_validation_failed"
     assert err["details"].startswith("model_name - Model 'nope.safetensors' not found in the checkpoints folders")
+
+
+def test_comfyuis_latent_upscale_between_sampler_and_decode(comfy):
+    """Issue 12.4 with ComfyUI's own LatentUpscaleBy: ×1.5 latents decode to 1.5 × the input (512x384 → 768x576),
+    a masked edit's mask follows the latent, and the runner gives the same pixels with its copy of the node."""
+    from test_comfyui_unit import latent_upscale_prompt
+
+    for mask in (False, True):
+        entry = _run(comfy, latent_upscale_prompt(1.5, mask))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        (img,) = [i for out in entry["outputs"].values() for i in out.get("images", []) if i["type"] == "output"]
+        assert Image.open(comfy["base"] / "output" / img["subfolder"] / img["filename"]).size == (768, 576)

@@ -140,3 +140,102 @@ def test_the_pack_copies_example_inputs_when_comfyui_loads_it(fake_comfy, tmp_pa
             del _sys.modules[name]
     assert "IPX2PLoadModel" in module.NODE_CLASS_MAPPINGS
     assert sorted(p.name for p in input_dir.iterdir()) == sorted(p.name for p in (EXAMPLES_DIR / "input").iterdir())
+
+
+# ------------------------------------------------------------------------------- native latent nodes (12.4)
+
+
+class LatentUpscaleBy:
+    """Test-only copy of ComfyUI's LatentUpscaleBy (nodes.py): scales "samples" and keeps the LATENT's other keys."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "upscale_method": (["nearest-exact", "bilinear"],),
+                             "scale_by": ("FLOAT", {"default": 1.5, "min": 0.01, "max": 8.0, "step": 0.01})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "upscale"
+
+    def upscale(self, samples, upscale_method, scale_by):
+        import torch.nn.functional as F
+
+        s = samples.copy()
+        size = (round(samples["samples"].shape[-2] * scale_by), round(samples["samples"].shape[-1] * scale_by))
+        s["samples"] = F.interpolate(samples["samples"], size=size, mode=upscale_method)
+        return (s,)
+
+
+def latent_upscale_prompt(scale_by: float, mask: bool) -> dict:
+    """Load Model → Encode (masked sky or whole image, fit 64) → Sampler → LatentUpscaleBy → Decode (restore on)."""
+    enc = {"model": ["1", 0], "image": ["2", 0], "resize": "fit", "size": 64, "width": 512, "height": 512}
+    if mask:
+        enc["mask"] = ["2", 1]
+    return {
+        "1": {"class_type": "IPX2PLoadModel", "inputs": {"model_name": "[diffusers] tiny-sd", "family": "auto",
+                                                         "dtype": "fp32", "device": "cpu"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "ipx2p_example_sky_mask.png"}},
+        "3": {"class_type": "IPX2PEncodeImage", "inputs": enc},
+        "4": {"class_type": "IPX2PEncodeInstruction", "inputs": {"model": ["1", 0], "instruction": "make it winter",
+                                                                 "negative": ""}},
+        "5": {"class_type": "IPX2PSampler", "inputs": {
+            "model": ["1", 0], "conditioning": ["4", 0], "image_latents": ["3", 0], "seed": 1, "steps": 2,
+            "scheduler": "auto", "text_guidance": 7.5, "image_guidance": 1.5, "guidance_rescale": 0.0,
+            "images_per_instruction": 1}},
+        "6": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["5", 0], "upscale_method": "bilinear",
+                                                          "scale_by": scale_by}},
+        "7": {"class_type": "IPX2PDecode", "inputs": {"model": ["1", 0], "latent": ["6", 0], "restore_size": True}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "up"}},
+    }
+
+
+@pytest.fixture()
+def latent_runner(tmp_path, tiny_sd):
+    import os
+
+    from examples_helpers import copy_inputs
+
+    from ipx2p_nodes.host import get_host, set_host
+    from ipx2p_standalone.host import StandaloneHost
+    from ipx2p_standalone.runner import Runner, default_node_classes
+
+    (tmp_path / "models" / "diffusers").mkdir(parents=True)
+    os.symlink(tiny_sd["folder"], tmp_path / "models" / "diffusers" / "tiny-sd")
+    classes, names = default_node_classes()
+    previous = get_host()
+    runner = Runner({**classes, "LatentUpscaleBy": LatentUpscaleBy}, output_dir=tmp_path / "out",
+                    input_dir=copy_inputs(tmp_path / "in"), temp_dir=tmp_path / "temp", display_names=names,
+                    host=StandaloneHost(models_dir=tmp_path / "models", device="cpu"))
+    yield runner
+    set_host(previous)
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["whole", "masked"])
+def test_restore_follows_a_latent_upscaled_after_the_sampler(latent_runner, mask):
+    """The example photo is 512x384, sampled at fit 64 (the tiny VAE halves: 32x24 latents). ×1.5 latents decode
+    to 1.5 × the input's size (restore scales with the latent); ×1 restores the input's size; a masked edit's
+    mask follows the latent, and the sky-less part is the input resized to 768x576."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from examples_helpers import EXAMPLES_DIR
+
+    sizes = {}
+    for scale in (1.0, 1.5):
+        result = latent_runner.run(latent_upscale_prompt(scale, mask))
+        assert result.ok, result.error_text()
+        (saved,) = result.files
+        sizes[scale] = Image.open(saved).size
+        if mask and scale == 1.5:
+            source = Image.open(EXAMPLES_DIR / "input" / "ipx2p_example_sky_mask.png")
+            keep = np.asarray(source.getchannel("A")) == 255  # opaque = keep (LoadImage's mask is 1 - alpha)
+            src = torch.from_numpy(np.asarray(source.convert("RGB")).astype(np.float32) / 255)[None].permute(0, 3, 1, 2)
+            resized = F.interpolate(src, size=(576, 768), mode="bicubic", align_corners=False, antialias=True)
+            resized = resized.clamp(0, 1).permute(0, 2, 3, 1)[0].mul(255).round().numpy()
+            keep_big = F.interpolate(torch.from_numpy(keep.astype(np.float32))[None, None], size=(576, 768),
+                                     mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy() == 1
+            out = np.asarray(Image.open(saved).convert("RGB")).astype(np.float32)
+            assert keep_big.sum() > 0.3 * keep_big.size
+            assert np.abs(out[keep_big] - resized[keep_big]).max() <= 1.0  # the input there, up to 8-bit rounding
+    assert sizes == {1.0: (512, 384), 1.5: (768, 576)}
