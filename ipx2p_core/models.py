@@ -235,20 +235,18 @@ def _load_into(module, state_dict: Mapping[str, torch.Tensor], what: str, path: 
     """Load weights into a module built on the meta device; any missing or mis-shaped weight is a clear error."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(ignore)]
-    hint = (
-        "If this checkpoint has an unusual architecture, pass a matching diffusers-layout config folder "
-        "(load_model(config=...), CLI --config DIR); otherwise the file is damaged."
-    )
+    hint = dict(hint="If this checkpoint has an unusual architecture, give a matching diffusers-layout config folder "
+                     "({option}); otherwise the file is damaged.", option="config")
     if missing:
         raise IP2PError(
             f"{path}: the {what} weights do not fit the config: {len(missing)} of {len(expected)} tensors missing "
-            f"(e.g. {missing[0]}). {hint}"
+            f"(e.g. {missing[0]}).", **hint
         )
     for k, v in expected.items():
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape):
             raise IP2PError(
                 f"{path}: the {what} weight {k} has shape {tuple(state_dict[k].shape)}, the config expects "
-                f"{tuple(v.shape)}. {hint}"
+                f"{tuple(v.shape)}.", **hint
             )
     filtered = {k: v for k, v in state_dict.items() if k in expected}
     module.load_state_dict(filtered, strict=False, assign=True)
@@ -438,7 +436,8 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise IP2PError(f"Unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IP2PError(f"Device {device!r} was asked for, but this PyTorch build sees no CUDA GPU. Use --device cpu.")
+        raise IP2PError(f"Device {device!r} was asked for, but this PyTorch build sees no CUDA GPU.", hint="Use {option}.",
+                        option="device", value="cpu")
     return dev
 
 

@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# how the engine's fixes read on the command line (IP2PError.phrased)
+CLI_OPTIONS = {"config": "--config DIR", "device": "--device {value}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except IP2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.phrased(CLI_OPTIONS)}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, Cancelled):
         print("interrupted; nothing was written", file=sys.stderr)

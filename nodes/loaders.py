@@ -29,6 +29,32 @@ def resolve_model_choice(name: str):
     return path
 
 
+SHIPPED_TAG = "[shipped] "
+AUTO_CONFIG = "auto"
+# how the engine's fixes read inside a graph (IP2PError.phrased): the Load Model node's own inputs
+NODE_OPTIONS = {"config": "choose it in Load Model's config input", "device": "{value} in Load Model's device input"}
+
+
+def config_choices() -> list[str]:
+    """auto (the family's shipped configs), each shipped config, and the diffusers folders in models/diffusers."""
+    shipped = [SHIPPED_TAG + n for n in core.family_names()]
+    return [AUTO_CONFIG, *shipped, *(DIFFUSERS_TAG + n for n in get_host().list_models("diffusers"))]
+
+
+def resolve_config_choice(name: str):
+    """The config folder for a single-file checkpoint, or None for the family's shipped one."""
+    if name in (None, "", AUTO_CONFIG):
+        return None
+    if name.startswith(SHIPPED_TAG) and name[len(SHIPPED_TAG):] in core.family_names():
+        return core.get_family(name[len(SHIPPED_TAG):]).config_dir
+    if name.startswith(DIFFUSERS_TAG):
+        path = get_host().resolve_model("diffusers", name[len(DIFFUSERS_TAG):])
+        if path is not None:
+            return path
+    raise core.IP2PError(f"Config {name!r} not found; choose auto, a shipped config or a diffusers folder from "
+                         f"models/diffusers ({', '.join(config_choices()[1:])}).")
+
+
 def _stamp(path) -> float:
     try:
         target = os.path.join(path, "model_index.json") if os.path.isdir(path) else path
@@ -60,7 +86,14 @@ class IPX2PLoadModel:
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": defaults.DEVICE,
                                                             "tooltip": "Where the model runs; auto follows the host "
                                                                        "(ComfyUI's --cpu etc.)."}),
-            }
+            },
+            "optional": {
+                "config": (config_choices(), {"default": AUTO_CONFIG,
+                                              "tooltip": "Single files only: the architecture to build. auto = the "
+                                                         "family's released configs; for a checkpoint of another "
+                                                         "architecture, pick a diffusers folder of that model from "
+                                                         "models/diffusers (its configs are used, not its weights)."}),
+            },
         }
 
     @classmethod
@@ -80,12 +113,16 @@ class IPX2PLoadModel:
             return str(exc)
         return True
 
-    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE):
+    def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE,
+             config=AUTO_CONFIG):
         host = get_host()
         path = resolve_model_choice(model_name)
-        dev = core.models.parse_device(host.device() if device == "auto" else device)
-        model = core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
-                                cache=host.model_cache())
+        try:
+            dev = core.models.parse_device(host.device() if device == "auto" else device)
+            model = core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
+                                    config=resolve_config_choice(config), cache=host.model_cache())
+        except core.IP2PError as exc:
+            raise exc.phrased(NODE_OPTIONS) from None
         host.prepare_memory(model)  # owned by the host's memory management from the start (ComfyUI: /free drops it)
         return (model,)
 

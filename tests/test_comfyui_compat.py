@@ -320,7 +320,7 @@ def test_prompt_validation_is_comfyuis_own_for_every_input_we_do_not_judge(comfy
 
 def test_comfyuis_latent_upscale_between_sampler_and_decode(comfy):
     """Issue 12.4 with ComfyUI's own LatentUpscaleBy: ×1.5 latents decode to 1.5 × the input (512x384 → 768x576),
-    a masked edit's mask follows the latent, and the runner gives the same pixels with its copy of the node."""
+    and a masked edit's mask follows the latent (test_comfyui_unit.py runs the same graph in our runner)."""
     from test_comfyui_unit import latent_upscale_prompt
 
     for mask in (False, True):

@@ -206,3 +206,54 @@ def test_both_hosts_implement_the_seam_and_the_standalone_one_frees_cached_model
     assert len(MODEL_CACHE) >= 1
     host.free_memory()  # what the studio's "Unload models" (POST /free) calls
     assert len(MODEL_CACHE) == 0
+
+
+def test_load_model_config_choice_builds_single_files_of_another_architecture(host, tiny_sd):
+    """Issue 12.5: the tiny single file is not the released SD 1.5 architecture. Without a config the error names
+    the node's own input (not a CLI flag); with its diffusers folder chosen as config it loads."""
+    from ipx2p_core import IP2PError
+
+    os.symlink(tiny_sd["file"], host.models_dir / "checkpoints" / "tiny.safetensors")
+    spec = ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].INPUT_TYPES()
+    assert spec["optional"]["config"][0] == ["auto", "[shipped] sd15", "[shipped] sdxl", "[shipped] cosxl",
+                                             "[diffusers] tiny-sd", "[diffusers] tiny-sdxl"]
+    with pytest.raises(IP2PError) as err:
+        node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu")
+    assert str(err.value).endswith("If this checkpoint has an unusual architecture, give a matching diffusers-layout "
+                                   "config folder (choose it in Load Model's config input); otherwise the file is "
+                                   "damaged.")
+    assert "--config" not in str(err.value)
+    (model,) = node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu", config="[diffusers] tiny-sd")
+    assert model.meta["config"] == str(host.models_dir / "diffusers" / "tiny-sd") and model.family.name == "sd15"
+    with pytest.raises(IP2PError) as err:
+        node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu", config="[diffusers] gone")
+    assert str(err.value).startswith("Config '[diffusers] gone' not found; choose auto, a shipped config or a "
+                                     "diffusers folder from models/diffusers ([shipped] sd15, ")
+
+
+def test_engine_errors_name_the_fix_as_each_host_does(tiny_sd, tmp_path, capsys, monkeypatch):
+    """One engine error, three wordings: the Python argument, the CLI flag, the node's input."""
+    from ipx2p_core import IP2PError, load_model
+    from ipx2p_core.models import parse_device
+    from ipx2p_nodes.loaders import NODE_OPTIONS
+    from ipx2p_standalone.cli import CLI_OPTIONS, main
+
+    with pytest.raises(IP2PError) as err:
+        load_model(tiny_sd["file"], cache=None)
+    assert "config folder (config=...); otherwise" in str(err.value)
+    assert "config folder (--config DIR); otherwise" in str(err.value.phrased(CLI_OPTIONS))
+    photo = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(photo)
+    assert main(["edit", str(photo), "x", "-m", str(tiny_sd["file"]), "-o", str(tmp_path / "o.png"), "-q"]) == 2
+    assert "(--config DIR); otherwise the file is damaged." in capsys.readouterr().err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(IP2PError) as err:
+        parse_device("cuda")
+    assert str(err.value) == ("Device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU. Use "
+                              "device='cpu'.")
+    assert str(err.value.phrased(CLI_OPTIONS)).endswith("Use --device cpu.")
+    assert str(err.value.phrased(NODE_OPTIONS)).endswith("Use cpu in Load Model's device input.")
+    assert isinstance(err.value.phrased(NODE_OPTIONS), IP2PError)
