@@ -11,6 +11,7 @@ from ipx2p_core.errors import Cancelled, IP2PError
 
 from .batch.command import add_batch_parser
 from .edit_commands import add_edit_parsers, parse_lora_argument
+from .save_commands import add_save_parsers
 
 __all__ = ["main", "parse_lora_argument"]
 
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and warnings")
     sub = parser.add_subparsers(dest="command", required=True)
     add_edit_parsers(sub)
+    add_save_parsers(sub)
     add_batch_parser(sub)
     _add_run_parser(sub)
     _add_studio_parser(sub)
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # how the engine's fixes read on the command line (IP2PError.phrased)
-CLI_OPTIONS = {"config": "--config DIR", "device": "--device {value}"}
+CLI_OPTIONS = {"config": "--config DIR", "device": "--device {value}", "overwrite": "--overwrite"}
 
 
 def main(argv: list[str] | None = None) -> int:
