@@ -15,6 +15,7 @@ from .guidance import plan_guidance
 from .image import ImageLatents, ResizePolicy, decode_latents, encode_image, images_to_pil, latents_to_preview
 from .models import MODEL_CACHE, IP2PModel, load_model
 from .pipeline import EditResult, edit, edit_chain, guidance_sweep
+from .saving import save_lora_file, save_merged
 from .sampling import Latents, SamplerSettings, sample, sweep
 from .schedulers import SCHEDULERS, scheduler_names
 from .text import Conditioning, encode_instruction
@@ -54,4 +55,6 @@ __all__ = [
     "apply_embedding",
     "save_lora_stack",
     "save_merged_model",
+    "save_lora_file",
+    "save_merged",
 ]

@@ -115,6 +115,33 @@ def latent_mask(pixel_mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.T
     return F.adaptive_avg_pool2d(pixel_mask[:, None], latent_hw)
 
 
+def _resize_pixels(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[1:3]) == tuple(hw):
+        return images
+    bchw = images.permute(0, 3, 1, 2)
+    return F.interpolate(bchw, size=hw, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1) \
+        .permute(0, 2, 3, 1).contiguous()
+
+
+def _resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(mask.shape[1:3]) == tuple(hw):
+        return mask
+    return F.interpolate(mask[:, None], size=hw, mode="bilinear", align_corners=False, antialias=True)[:, 0].clamp(0, 1)
+
+
+def resize_region(region: EditRegion, working_hw: tuple[int, int], source_hw: tuple[int, int]) -> EditRegion:
+    """The region for latents whose size changed after sampling (e.g. ComfyUI's LatentUpscaleBy): the mask and the
+    input follow to the new working size and the new restore size, so the composite keeps working there. Outside
+    the mask the output is then the input resized to that size."""
+    return EditRegion(
+        pixel_mask=_resize_mask(region.pixel_mask, working_hw),
+        latent_mask=region.latent_mask,
+        pixels=_resize_pixels(region.pixels, working_hw),
+        source_mask=_resize_mask(region.source_mask, source_hw),
+        source_pixels=_resize_pixels(region.source_pixels, source_hw),
+    )
+
+
 def composite(edited: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """mask·edited + (1−mask)·original, computed so that mask == 0 gives ``original`` exactly."""
     m = mask[..., None].to(edited)

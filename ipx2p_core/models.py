@@ -246,20 +246,18 @@ def _load_into(module, state_dict: Mapping[str, torch.Tensor], what: str, path: 
     """Load weights into a module built on the meta device; any missing or mis-shaped weight is a clear error."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(ignore)]
-    hint = (
-        "If this checkpoint has an unusual architecture, pass a matching diffusers-layout config folder "
-        "(load_model(config=...), CLI --config DIR); otherwise the file is damaged."
-    )
+    hint = dict(hint="If this checkpoint has an unusual architecture, give a matching diffusers-layout config folder "
+                     "({option}); otherwise the file is damaged.", option="config")
     if missing:
         raise IP2PError(
             f"{path}: the {what} weights do not fit the config: {len(missing)} of {len(expected)} tensors missing "
-            f"(e.g. {missing[0]}). {hint}"
+            f"(e.g. {missing[0]}).", **hint
         )
     for k, v in expected.items():
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape):
             raise IP2PError(
                 f"{path}: the {what} weight {k} has shape {tuple(state_dict[k].shape)}, the config expects "
-                f"{tuple(v.shape)}. {hint}"
+                f"{tuple(v.shape)}.", **hint
             )
     filtered = {k: v for k, v in state_dict.items() if k in expected}
     module.load_state_dict(filtered, strict=False, assign=True)
@@ -269,7 +267,12 @@ def _load_into(module, state_dict: Mapping[str, torch.Tensor], what: str, path: 
 
 def _model_dtype_device(model, dtype: torch.dtype, device: torch.device):
     if model.dtype != dtype:
-        model = model.to(dtype=dtype)
+        if getattr(model, "_keep_in_fp32_modules", None):  # diffusers' to() keeps (and warns about) those modules
+            model = model.to(dtype=dtype)
+        else:
+            # diffusers' ModelMixin.to() logs "modules that should be kept in float32: []" on every dtype cast, even
+            # when the list is empty (0.42): torch's own to() does the same cast without it
+            model = torch.nn.Module.to(model, dtype=dtype)
     return model.to(device=device) if model.device != device else model
 
 
@@ -444,7 +447,8 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise IP2PError(f"Unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IP2PError(f"Device {device!r} was asked for, but this PyTorch build sees no CUDA GPU. Use --device cpu.")
+        raise IP2PError(f"Device {device!r} was asked for, but this PyTorch build sees no CUDA GPU.", hint="Use {option}.",
+                        option="device", value="cpu")
     return dev
 
 

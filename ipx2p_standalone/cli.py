@@ -12,6 +12,7 @@ from ipx2p_core.errors import Cancelled, IP2PError
 from .batch.command import add_batch_parser
 from .compile_option import add_compile_argument, show_compile_progress
 from .edit_commands import add_edit_parsers, parse_lora_argument
+from .save_commands import add_save_parsers
 
 __all__ = ["main", "parse_lora_argument"]
 
@@ -197,10 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and warnings")
     sub = parser.add_subparsers(dest="command", required=True)
     add_edit_parsers(sub)
+    add_save_parsers(sub)
     add_batch_parser(sub)
     _add_run_parser(sub)
     _add_studio_parser(sub)
     return parser
+
+
+# how the engine's fixes read on the command line (IP2PError.phrased)
+CLI_OPTIONS = {"config": "--config DIR", "device": "--device {value}", "overwrite": "--overwrite"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except IP2PError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.phrased(CLI_OPTIONS)}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, Cancelled):
         print("interrupted; nothing was written", file=sys.stderr)

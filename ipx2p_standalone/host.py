@@ -56,6 +56,12 @@ class StandaloneHost:
     def prepare_memory(self, model) -> None:
         pass  # nothing else shares the device: models stay where they were loaded
 
+    def model_cache(self):
+        """The engine's cache: the runner and the studio reuse a loaded model across workflows (free_memory drops it)."""
+        from ipx2p_core import MODEL_CACHE
+
+        return MODEL_CACHE
+
     def free_memory(self) -> None:
         """Drop the engine's cached models and return the freed device memory to the driver."""
         from ipx2p_core import MODEL_CACHE

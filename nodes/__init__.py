@@ -7,6 +7,7 @@ from .edit import IPX2PEditImage
 from .encode import IPX2PEncodeImage, IPX2PEncodeInstruction
 from .loaders import IPX2PApplyEmbedding, IPX2PApplyLoRA, IPX2PLoadModel
 from .sample import IPX2PSampler
+from .save import IPX2PSaveLoRAStack, IPX2PSaveMergedModel
 from .variations import IPX2PGuidanceSweep, IPX2PInstructionChain
 
 NODE_CLASS_MAPPINGS = {
@@ -21,6 +22,8 @@ NODE_CLASS_MAPPINGS = {
     "IPX2PGuidanceSweep": IPX2PGuidanceSweep,
     "IPX2PInstructionChain": IPX2PInstructionChain,
     "IPX2PCompare": IPX2PCompare,
+    "IPX2PSaveLoRAStack": IPX2PSaveLoRAStack,
+    "IPX2PSaveMergedModel": IPX2PSaveMergedModel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -35,4 +38,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "IPX2PGuidanceSweep": "Guidance Sweep (IP2P)",
     "IPX2PInstructionChain": "Instruction Chain (IP2P)",
     "IPX2PCompare": "Compare Before/After (IP2P)",
+    "IPX2PSaveLoRAStack": "Save LoRA Stack (IP2P)",
+    "IPX2PSaveMergedModel": "Save Merged Model (IP2P)",
 }

@@ -5,19 +5,82 @@ ComfyUI's modules are imported inside the methods, so this file imports (and its
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
 from pathlib import Path
 
 from ._engine import core
 from .host import MODEL_SUFFIXES, find_model, walk_models
+
+PATCHER_ATTR = "_ipx2p_comfy_patcher"
+log = logging.getLogger(__name__)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap pages freed with a model back to the OS. glibc keeps them in the process: after /free released a
+    98 MB model in ComfyUI, the process's RSS stayed the same to the byte (tests/test_comfyui_compat.py)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _trim_after_release() -> None:
+    # Called by a finalizer while gc is still clearing the model's modules: trim once they are gone.
+    if sys.platform.startswith("linux"):
+        timer = threading.Timer(0.5, _return_freed_memory)
+        timer.daemon = True
+        timer.start()
+
+
+def copy_missing_files(source: Path, target: Path) -> list[Path]:
+    """Copy the files of ``source`` that ``target`` lacks; never replaces a file there. Returns what was copied.
+
+    Each copy goes to a temp file in ``target`` and is linked into place: a reader never sees half a file, and a
+    file the user puts there meanwhile wins (the link fails instead of overwriting it).
+    """
+    copied = []
+    if not source.is_dir():
+        return copied
+    target.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.iterdir()):
+        dest = target / f.name
+        if not f.is_file() or dest.exists() or dest.is_symlink():
+            continue
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=".ipx2p-")
+        os.close(fd)
+        try:
+            shutil.copyfile(f, tmp)
+            os.link(tmp, dest)
+            copied.append(dest)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return copied
+
+
+def copy_example_inputs(source: Path) -> None:
+    """When the pack loads in ComfyUI: the example workflows' Load Image files into ComfyUI's input folder, so the
+    templates run on the first Queue."""
+    import folder_paths
+
+    try:
+        copy_missing_files(source, Path(folder_paths.get_input_directory()))
+    except OSError as exc:
+        log.warning("[ipx2p] Could not copy the example images from %s to ComfyUI's input folder: %s", source, exc)
 
 
 class ComfyHost:
     """Host inside ComfyUI (see :class:`.host.Host` for what each method promises)."""
 
     name = "comfyui"
-
-    def __init__(self):
-        self._patchers: dict[int, object] = {}  # strong references: ComfyUI keeps only weak ones
 
     # model folders
     def model_dirs(self, kind: str) -> list[Path]:
@@ -51,30 +114,45 @@ class ComfyHost:
 
         return str(mm.get_torch_device())
 
+    def model_cache(self):
+        """None: ComfyUI's own node cache keeps a loaded model between runs, and /free (free_memory) drops it.
+        A second cache of ours would keep the weights alive after the user asked ComfyUI to release them."""
+        return None
+
     def prepare_memory(self, model) -> None:
-        """Hand our modules to ComfyUI's model management before GPU work.
+        """Hand our modules to ComfyUI's model management before any work, on every device (the CPU too).
 
         Wrapped in a ModelPatcher (around a plain Module holder: ModelPatcher sets attributes a diffusers model
         refuses), ComfyUI evicts its own models to make room, loads ours fully, and moves ours off the GPU again
         when it needs the memory or when the user presses "Unload models" (POST /free). Every node calls this
         before it computes, so weights are back on the GPU whenever they are used.
         """
-        if getattr(model.device, "type", "cpu") == "cpu":
-            return
         import comfy.model_management as mm
-        import comfy.model_patcher
-        import torch
 
-        key = id(model.unet)  # LoRA/embedding handles share the base modules, so they share one patcher
-        patcher = self._patchers.get(key)
+        mm.load_models_gpu([self.patcher(model)], force_full_load=True)
+
+    @staticmethod
+    def patcher(model):
+        """The model's one ModelPatcher (LoRA/embedding handles share the base modules, so they share it).
+
+        It lives on the UNet, not in a table of ours: ComfyUI's LoadedModel keeps only a weak reference, so the
+        patcher lives exactly as long as the node outputs that hold the model. When /free clears ComfyUI's node
+        cache, the UNet and its patcher become an unreachable cycle that ComfyUI's gc.collect() right after frees.
+        """
+        patcher = getattr(model.unet, PATCHER_ATTR, None)
         if patcher is None:
+            import comfy.model_management as mm
+            import comfy.model_patcher
+            import torch
+
             holder = torch.nn.Module()
             holder.unet, holder.vae = model.unet, model.vae
             holder.text_encoders = torch.nn.ModuleList(model.text_encoders)
-            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=model.device,
-                                                       offload_device=mm.unet_offload_device())
-            self._patchers[key] = patcher
-        mm.load_models_gpu([patcher], force_full_load=True)
+            offload = torch.device("cpu") if model.device.type == "cpu" else mm.unet_offload_device()
+            patcher = comfy.model_patcher.ModelPatcher(holder, load_device=model.device, offload_device=offload)
+            setattr(model.unet, PATCHER_ATTR, patcher)
+            weakref.finalize(model.unet, _trim_after_release)
+        return patcher
 
     def free_memory(self) -> None:
         import comfy.model_management as mm

@@ -45,6 +45,9 @@ class Host(Protocol):
     def free_memory(self) -> None:
         """Release cached models and device memory ("Unload models")."""
 
+    def model_cache(self) -> "core.models.ModelCache | None":
+        """The cache Load Model keeps models in across runs, or None where the host caches node outputs itself."""
+
     # progress, previews, cancellation
     def previews_enabled(self) -> bool: ...
     def progress(self, step: int, total: int, preview=None) -> None: ...

@@ -29,6 +29,32 @@ def resolve_model_choice(name: str):
     return path
 
 
+SHIPPED_TAG = "[shipped] "
+AUTO_CONFIG = "auto"
+# how the engine's fixes read inside a graph (IP2PError.phrased): the Load Model node's own inputs
+NODE_OPTIONS = {"config": "choose it in Load Model's config input", "device": "{value} in Load Model's device input"}
+
+
+def config_choices() -> list[str]:
+    """auto (the family's shipped configs), each shipped config, and the diffusers folders in models/diffusers."""
+    shipped = [SHIPPED_TAG + n for n in core.family_names()]
+    return [AUTO_CONFIG, *shipped, *(DIFFUSERS_TAG + n for n in get_host().list_models("diffusers"))]
+
+
+def resolve_config_choice(name: str):
+    """The config folder for a single-file checkpoint, or None for the family's shipped one."""
+    if name in (None, "", AUTO_CONFIG):
+        return None
+    if name.startswith(SHIPPED_TAG) and name[len(SHIPPED_TAG):] in core.family_names():
+        return core.get_family(name[len(SHIPPED_TAG):]).config_dir
+    if name.startswith(DIFFUSERS_TAG):
+        path = get_host().resolve_model("diffusers", name[len(DIFFUSERS_TAG):])
+        if path is not None:
+            return path
+    raise core.IP2PError(f"Config {name!r} not found; choose auto, a shipped config or a diffusers folder from "
+                         f"models/diffusers ({', '.join(config_choices()[1:])}).")
+
+
 def _stamp(path) -> float:
     try:
         target = os.path.join(path, "model_index.json") if os.path.isdir(path) else path
@@ -66,6 +92,11 @@ class IPX2PLoadModel:
                                         "tooltip": "Fast mode: compile the UNet with torch.compile. The first run "
                                                    "on a machine spends minutes compiling (cached on disk after "
                                                    "that); then every step is faster. Worth it for many edits."}),
+                "config": (config_choices(), {"default": AUTO_CONFIG,
+                                              "tooltip": "Single files only: the architecture to build. auto = the "
+                                                         "family's released configs; for a checkpoint of another "
+                                                         "architecture, pick a diffusers folder of that model from "
+                                                         "models/diffusers (its configs are used, not its weights)."}),
             },
         }
 
@@ -77,7 +108,9 @@ class IPX2PLoadModel:
             return model_name
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model_name, **_):
+    def VALIDATE_INPUTS(cls, model_name):
+        # Names only the input it judges: ComfyUI (and our runner) skip their own checks for every input named here,
+        # and for all inputs when the signature takes **kwargs (then dtype "fp64" would pass /prompt).
         try:
             resolve_model_choice(model_name)
         except core.IP2PError as exc:
@@ -85,12 +118,18 @@ class IPX2PLoadModel:
         return True
 
     def load(self, model_name, family=defaults.FAMILY, dtype=defaults.DTYPE, device=defaults.DEVICE,
-             compile=defaults.COMPILE):
+             compile=defaults.COMPILE, config=AUTO_CONFIG):
+        host = get_host()
         path = resolve_model_choice(model_name)
-        dev = core.models.parse_device(get_host().device() if device == "auto" else device)
-        fast = bool(compile) or bool(getattr(get_host(), "compile_models", False))  # `ipx2p run/studio --compile`
-        return (core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
-                                fast=fast),)
+        fast = bool(compile) or bool(getattr(host, "compile_models", False))  # `ipx2p run/studio --compile`
+        try:
+            dev = core.models.parse_device(host.device() if device == "auto" else device)
+            model = core.load_model(path, family=family, dtype=defaults.dtype_for(dtype, dev.type), device=dev,
+                                    config=resolve_config_choice(config), cache=host.model_cache(), fast=fast)
+        except core.IP2PError as exc:
+            raise exc.phrased(NODE_OPTIONS) from None
+        host.prepare_memory(model)  # owned by the host's memory management from the start (ComfyUI: /free drops it)
+        return (model,)
 
 
 class IPX2PApplyLoRA:

@@ -255,6 +255,23 @@ def test_cache_keyed_by_path_mtime_and_dtype(tiny_sd):
     assert len(cache) == 3 and cache.clear() == 3
 
 
+def test_fp16_single_file_load_logs_nothing_from_diffusers(tiny_sd):
+    """diffusers 0.42 logs "modules that should be kept in float32: []" on every dtype cast of a model; not ours."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    diffusers_log = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root
+    diffusers_log.addHandler(handler)
+    try:
+        model = load_model(tiny_sd["file"], dtype="fp16", config=tiny_sd["config"], cache=None)
+    finally:
+        diffusers_log.removeHandler(handler)
+    assert model.unet.dtype == torch.float16
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
 def test_half_precision_keeps_upcast_vae_in_fp32(tiny_sdxl, photo):
     model = load_model(tiny_sdxl["folder"], dtype="fp16", cache=None)
     assert model.unet.dtype == torch.float16 and model.vae_dtype == torch.float32  # force_upcast

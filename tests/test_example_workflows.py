@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ipx2p_nodes
 from examples_helpers import EXAMPLES, build_models_dir, copy_inputs, load_example, tiny_overrides
 from ipx2p_nodes.host import get_host, set_host
 from ipx2p_standalone.host import StandaloneHost
@@ -44,6 +45,7 @@ def test_every_example_is_listed_and_has_a_thumbnail():
         wf = load_example(name)
         notes = [n for n in wf["nodes"] if n["type"] == "Note"]
         assert notes and "models/" in notes[0]["widgets_values"][0]  # says where the model goes
+        assert "copied into ComfyUI's input folder when the pack loads" in notes[0]["widgets_values"][0]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -83,3 +85,60 @@ def test_masked_example_keeps_everything_outside_the_sky(runner):
     original = np.asarray(source.convert("RGB")).astype(int)
     assert np.abs(edited - original)[keep].max() == 0
     assert np.abs(edited - original)[~keep].max() > 0
+
+
+def _staged_prompt(runner, **load_inputs):
+    from ipx2p_standalone.workflow import apply_overrides, ui_to_api
+
+    wf = load_example("ipx2p_sd15_staged")
+    conv = ui_to_api(wf, runner.node_classes, ipx2p_nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    apply_overrides(conv.prompt, tiny_overrides(wf), runner.node_classes, conv)
+    (load_id,) = [i for i, n in conv.prompt.items() if n["class_type"] == "IPX2PLoadModel"]
+    conv.prompt[load_id]["inputs"].update(load_inputs)
+    return conv.prompt, load_id
+
+
+def test_load_model_validation_leaves_its_other_inputs_to_the_host(runner):
+    """VALIDATE_INPUTS names only model_name, so the host still checks dtype, device and family (issue 12.3)."""
+    prompt, load_id = _staged_prompt(runner, dtype="fp64")
+    result = runner.run(prompt)
+    assert list(result.node_errors) == [load_id]
+    (err,) = result.node_errors[load_id]["errors"]
+    assert err["type"] == "value_not_in_list"
+    assert err["details"] == "dtype: 'fp64' not in ['auto', 'fp32', 'fp16', 'bf16']"
+
+
+def test_a_missing_model_is_one_error(runner):
+    prompt, load_id = _staged_prompt(runner, model_name="nope.safetensors")
+    result = runner.run(prompt)
+    assert list(result.node_errors) == [load_id]
+    (err,) = result.node_errors[load_id]["errors"]
+    assert err["type"] == "custom_validation_failed"
+    assert err["details"].startswith("model_name - Model 'nope.safetensors' not found in the checkpoints folders")
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos; size is the body below it
+WIDGET_ROW = 24  # a widget's height plus its gap in the frontend (LiteGraph: 20 + 4)
+
+
+def _rect(node) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_nodes_do_not_overlap(name):
+    """Issue 12.2: no node covers another (the SD 1.5 staged example's Note hid Encode Image's widgets)."""
+    nodes = load_example(name)["nodes"]
+    for node in nodes:  # each body is at least tall enough for its widgets and sockets
+        rows = len(node.get("widgets_values", [])) + max(len(node["inputs"]), len(node["outputs"]))
+        assert node["size"][1] >= rows * WIDGET_ROW * 0.75, (node["type"], node["size"])
+    overlaps = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            ax0, ay0, ax1, ay1 = _rect(a)
+            bx0, by0, bx1, by1 = _rect(b)
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                overlaps.append((a["id"], a["type"], b["id"], b["type"]))
+    assert overlaps == []

@@ -91,9 +91,9 @@ def test_sampler_reports_progress_and_previews_and_stops_on_interrupt(host, phot
 
 
 def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, tiny_sd):
-    """Inside ComfyUI a GPU model is wrapped once in a ModelPatcher and loaded through load_models_gpu before each
-    node's work, so ComfyUI can evict it ("Unload models", POST /free). ComfyUI itself is faked here; the real
-    behaviour is covered by tests/test_comfyui_compat.py where a GPU is available."""
+    """Inside ComfyUI every model (on the CPU too, issue 12) is wrapped once in a ModelPatcher and loaded through
+    load_models_gpu before each node's work, so ComfyUI can evict it ("Unload models", POST /free). ComfyUI itself
+    is faked here; the real behaviour is covered by tests/test_comfyui_compat.py."""
     import sys
     import types
 
@@ -114,17 +114,19 @@ def test_comfy_host_hands_gpu_models_to_comfyui_memory_management(monkeypatch, t
     monkeypatch.setitem(sys.modules, "comfy.model_patcher", types.SimpleNamespace(ModelPatcher=FakePatcher))
     comfy.model_management, comfy.model_patcher = mm, sys.modules["comfy.model_patcher"]
 
-    model = load_model(tiny_sd["folder"], cache=None)
     host = ComfyHost()
+    model = load_model(tiny_sd["folder"], cache=None)
     host.prepare_memory(model)
-    assert loaded == []  # CPU models stay out of ComfyUI's GPU bookkeeping
-    gpu_like = type(model)(**{**model.__dict__, "device": torch.device("cuda")})
+    ((cpu_patcher,), full) = loaded.pop()
+    assert full is True and cpu_patcher.load_device == cpu_patcher.offload_device == torch.device("cpu")
+    base = load_model(tiny_sd["folder"], cache=None)  # other modules: a model loaded onto a GPU
+    gpu_like = type(base)(**{**base.__dict__, "device": torch.device("cuda")})
     host.prepare_memory(gpu_like)
     host.prepare_memory(gpu_like)
     (first, full), (second, _) = loaded
-    assert full is True and first[0] is second[0]  # one patcher per base model, reused
+    assert full is True and first[0] is second[0] and first[0] is not cpu_patcher  # one patcher per base model
     holder = first[0].model
-    assert holder.unet is model.unet and holder.vae is model.vae and list(holder.text_encoders) == [model.text_encoders[0]]
+    assert holder.unet is base.unet and holder.vae is base.vae and list(holder.text_encoders) == [base.text_encoders[0]]
     assert first[0].load_device == torch.device("cuda") and first[0].offload_device == "cpu"
 
 
@@ -138,7 +140,7 @@ def _fake_comfyui(monkeypatch, tmp_path):
     class InterruptProcessingException(Exception):
         pass
 
-    state = {"flag": False, "steps": []}
+    state = {"flag": False, "steps": [], "loads": []}
 
     def throw_exception_if_processing_interrupted():
         if state["flag"]:
@@ -148,7 +150,9 @@ def _fake_comfyui(monkeypatch, tmp_path):
     mm = types.SimpleNamespace(InterruptProcessingException=InterruptProcessingException,
                                processing_interrupted=lambda: state["flag"],
                                throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
-                               get_torch_device=lambda: torch.device("cpu"))
+                               get_torch_device=lambda: torch.device("cpu"),
+                               unet_offload_device=lambda: torch.device("cpu"),
+                               load_models_gpu=lambda patchers, force_full_load: state["loads"].append(patchers))
 
     class ProgressBar:
         def __init__(self, total):
@@ -161,6 +165,8 @@ def _fake_comfyui(monkeypatch, tmp_path):
 
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.utils = mm, types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_patcher = types.SimpleNamespace(ModelPatcher=lambda model, load_device, offload_device: model)
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", comfy.model_patcher)
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
     monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
@@ -186,6 +192,7 @@ def test_inside_comfyui_a_cancel_is_comfyuis_own_interrupt(monkeypatch, host, ph
 
     assert isinstance(stopped.value.__cause__, Cancelled)
     assert state["steps"] == [1] and state["flag"] is False  # stopped before step 2; the flag is consumed
+    assert len(state["loads"]) == 1  # the sampler handed the model to ComfyUI's model management first
     assert get_host().temp_dir() == tmp_path / "comfy-temp"  # Compare's folder inside ComfyUI
 
 
@@ -199,3 +206,54 @@ def test_both_hosts_implement_the_seam_and_the_standalone_one_frees_cached_model
     assert len(MODEL_CACHE) >= 1
     host.free_memory()  # what the studio's "Unload models" (POST /free) calls
     assert len(MODEL_CACHE) == 0
+
+
+def test_load_model_config_choice_builds_single_files_of_another_architecture(host, tiny_sd):
+    """Issue 12.5: the tiny single file is not the released SD 1.5 architecture. Without a config the error names
+    the node's own input (not a CLI flag); with its diffusers folder chosen as config it loads."""
+    from ipx2p_core import IP2PError
+
+    os.symlink(tiny_sd["file"], host.models_dir / "checkpoints" / "tiny.safetensors")
+    spec = ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].INPUT_TYPES()
+    assert spec["optional"]["config"][0] == ["auto", "[shipped] sd15", "[shipped] sdxl", "[shipped] cosxl",
+                                             "[diffusers] tiny-sd", "[diffusers] tiny-sdxl"]
+    with pytest.raises(IP2PError) as err:
+        node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu")
+    assert str(err.value).endswith("If this checkpoint has an unusual architecture, give a matching diffusers-layout "
+                                   "config folder (choose it in Load Model's config input); otherwise the file is "
+                                   "damaged.")
+    assert "--config" not in str(err.value)
+    (model,) = node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu", config="[diffusers] tiny-sd")
+    assert model.meta["config"] == str(host.models_dir / "diffusers" / "tiny-sd") and model.family.name == "sd15"
+    with pytest.raises(IP2PError) as err:
+        node("IPX2PLoadModel").load("tiny.safetensors", "auto", "fp32", "cpu", config="[diffusers] gone")
+    assert str(err.value).startswith("Config '[diffusers] gone' not found; choose auto, a shipped config or a "
+                                     "diffusers folder from models/diffusers ([shipped] sd15, ")
+
+
+def test_engine_errors_name_the_fix_as_each_host_does(tiny_sd, tmp_path, capsys, monkeypatch):
+    """One engine error, three wordings: the Python argument, the CLI flag, the node's input."""
+    from ipx2p_core import IP2PError, load_model
+    from ipx2p_core.models import parse_device
+    from ipx2p_nodes.loaders import NODE_OPTIONS
+    from ipx2p_standalone.cli import CLI_OPTIONS, main
+
+    with pytest.raises(IP2PError) as err:
+        load_model(tiny_sd["file"], cache=None)
+    assert "config folder (config=...); otherwise" in str(err.value)
+    assert "config folder (--config DIR); otherwise" in str(err.value.phrased(CLI_OPTIONS))
+    photo = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(photo)
+    assert main(["edit", str(photo), "x", "-m", str(tiny_sd["file"]), "-o", str(tmp_path / "o.png"), "-q"]) == 2
+    assert "(--config DIR); otherwise the file is damaged." in capsys.readouterr().err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(IP2PError) as err:
+        parse_device("cuda")
+    assert str(err.value) == ("Device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU. Use "
+                              "device='cpu'.")
+    assert str(err.value.phrased(CLI_OPTIONS)).endswith("Use --device cpu.")
+    assert str(err.value.phrased(NODE_OPTIONS)).endswith("Use cpu in Load Model's device input.")
+    assert isinstance(err.value.phrased(NODE_OPTIONS), IP2PError)

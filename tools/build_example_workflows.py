@@ -134,8 +134,13 @@ SDXL_FOLDER = "[diffusers] sdxl-instructpix2pix-768"
 COSXL_FILE = "cosxl_edit.safetensors"
 
 
-def _note(wf, text, pos=(40, 560)):
-    wf.add("Note", pos, box=(420, 190), text=text)
+INPUTS_NOTE = ("Image: example_workflows/input/ is copied into ComfyUI's input folder when the pack loads (a file "
+               "of yours with the same name is never replaced).")
+
+
+def _note(wf, text, pos=(40, 600), width=340):
+    # below Load Image (which ends at y 540; a title bar is 30 px above pos), as wide as the left column
+    wf.add("Note", pos, box=(width, 230), text=f"{text}\n\n{INPUTS_NOTE}")
 
 
 def staged(model_name, note, instruction="make it winter", resize="keep", size=512, steps=20, text_guidance=7.5,
@@ -182,7 +187,7 @@ def one_node(model_name, note, instruction="make it winter", steps=20, prefix="i
     wf.link(load, 0, edit, "model")
     wf.link(image, 0, edit, "image")
     wf.link(edit, 0, save, "images")
-    _note(wf, note, pos=(820, 480))
+    _note(wf, note, pos=(820, 480), width=420)
     return wf
 
 
@@ -196,7 +201,7 @@ def masked(model_name, note, instruction="make the sky a starry night", prefix="
     wf.link(image, 0, edit, "image")
     wf.link(image, 1, edit, "mask")
     wf.link(edit, 0, save, "images")
-    _note(wf, note, pos=(820, 480))
+    _note(wf, note, pos=(820, 480), width=420)
     return wf
 
 
