@@ -87,8 +87,10 @@ class IPX2PSaveMergedModel:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename):
-        message = _check_name("diffusers", filename)
+    def VALIDATE_INPUTS(cls, filename, format):  # names what it judges (the name depends on the format's folder)
+        if format not in DESTINATION:
+            return f"format: {format!r} is not one of {', '.join(DESTINATION)}."
+        message = _check_name(DESTINATION[format], filename, ".safetensors" if format == "single_file" else "")
         return message if isinstance(message, str) else True
 
     def save(self, model, filename, format="diffusers", overwrite=False):

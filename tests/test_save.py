@@ -60,10 +60,14 @@ def test_save_lora_stack_node_writes_a_file_diffusers_and_we_reload(host, sd, lo
 
 @pytest.mark.parametrize("name", ["../outside", "/abs/path", "a/../../b", ".hidden", "", "  "])
 def test_save_nodes_refuse_names_outside_their_folder(host, name):
-    for cls in ("IPX2PSaveLoRAStack", "IPX2PSaveMergedModel"):
-        message = ipx2p_nodes.NODE_CLASS_MAPPINGS[cls].VALIDATE_INPUTS(filename=name)
-        assert isinstance(message, str) and message.startswith(f"Cannot save as {name!r}: give a name inside ")
-    assert ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PSaveLoRAStack"].VALIDATE_INPUTS(filename="ok/name") is True
+    save_lora, save_merged = (ipx2p_nodes.NODE_CLASS_MAPPINGS[c] for c in ("IPX2PSaveLoRAStack", "IPX2PSaveMergedModel"))
+    for message, folder in ((save_lora.VALIDATE_INPUTS(filename=name), "loras"),
+                            (save_merged.VALIDATE_INPUTS(filename=name, format="diffusers"), "diffusers"),
+                            (save_merged.VALIDATE_INPUTS(filename=name, format="single_file"), "checkpoints")):
+        assert message.startswith(f"Cannot save as {name!r}: give a name inside {host.models_dir / folder} ")
+    assert save_lora.VALIDATE_INPUTS(filename="ok/name") is True
+    assert save_merged.VALIDATE_INPUTS(filename="ok/name", format="single_file") is True
+    assert save_merged.VALIDATE_INPUTS(filename="ok", format="ckpt") == "format: 'ckpt' is not one of diffusers, single_file."
 
 
 def test_save_merged_model_node_folder_and_single_file(host, sd, lora_file, photo):
