@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import build_example_workflows as bew  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "data" / "subgraphs"
 EXAMPLE = "ipx2p_sd15_subgraph"
 
@@ -61,7 +63,10 @@ CASES = {
 }
 EXAMPLE_CASE = ("ipx2p_sd15_staged", """
     const s = sub([3, 4, 5, 6]); s.subgraph.name = 'Edit (staged)'; s.title = 'Edit (staged)';
-    return s.id;""")
+    node(7).widgets.find(w => w.name === 'filename_prefix').value = 'ipx2p_subgraph';
+    node(8).widgets[0].value = NOTE; return s.id;""")
+NOTE = ("The staged edit packed into a subgraph: open it (the icon on its title) to see and change the stages; its "
+        "seed is promoted to the subgraph node. Runs headless too: ipx2p run this.json.\n\n" + bew.WHERE_SD15)
 
 BUILD = r"""async ([wf, code]) => {
   await app.loadGraphData(wf);
@@ -95,7 +100,6 @@ def start_studio(root: Path):
 def main():
     from playwright.sync_api import sync_playwright
 
-    import build_example_workflows as bew
     from ipx2p_standalone.studio.security import write_atomic
 
     frontend = importlib.metadata.version("comfyui-frontend-package")
@@ -120,6 +124,7 @@ def main():
                 write_atomic(FIXTURES / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
                 print("wrote", FIXTURES / f"{name}.json", "nodes", sorted(got["output"]))
             example, code = EXAMPLE_CASE
+            code = f"const NOTE = {json.dumps(NOTE)};" + code
             wf = json.loads((ROOT / "example_workflows" / f"{example}.json").read_text())
             got = page.evaluate(BUILD, [wf, code])
             out = ROOT / "example_workflows" / f"{EXAMPLE}.json"
