@@ -28,11 +28,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .execution_graph import (MODE_ALWAYS, MODE_BYPASS, MODE_NEVER, NOTE_TYPES, ExecutionGraph, GraphError, Link,
+                              Value, node_mode, parse_links, types_match)
+
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "3d_upload")
-NOTE_TYPES = ("Note", "MarkdownNote", "Comfy.Note", "Comfy.MarkdownNote")
-MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
 
 
 class WorkflowFormatError(ValueError):
@@ -304,16 +305,6 @@ def load_workflow_file(path) -> dict:
 
 
 @dataclass
-class Link:
-    id: Any
-    origin_id: str
-    origin_slot: int
-    target_id: str
-    target_slot: int
-    type: Any
-
-
-@dataclass
 class Conversion:
     """The result of :func:`ui_to_api`."""
 
@@ -325,109 +316,44 @@ class Conversion:
 
 
 def _links(workflow: dict) -> dict[Any, Link]:
-    out: dict[Any, Link] = {}
-    for raw in workflow.get("links") or []:
-        if isinstance(raw, dict):  # schema 1.x
-            link = Link(raw.get("id"), str(raw.get("origin_id")), int(raw.get("origin_slot", 0)),
-                        str(raw.get("target_id")), int(raw.get("target_slot", 0)), raw.get("type"))
-        elif isinstance(raw, (list, tuple)) and len(raw) >= 5:  # schema 0.4: [id, from, from_slot, to, to_slot, type]
-            link = Link(raw[0], str(raw[1]), int(raw[2]), str(raw[3]), int(raw[4]), raw[5] if len(raw) > 5 else None)
-        else:
-            continue
-        out[link.id] = link
-    return out
+    return parse_links(workflow.get("links"))
 
 
-def _types_match(a, b) -> bool:
-    """Litegraph's connection rule: equal, a wildcard, or comma-separated type lists that share a type."""
-    if a in (None, "", "*") or b in (None, "", "*"):
-        return True
-    a, b = str(a).upper(), str(b).upper()
-    if a == b:
-        return True
-    return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
+_types_match = types_match
 
 
 class _UiGraph:
-    """A UI workflow's nodes and links, with the frontend's rules for following a link to the node that really
-    feeds it (through reroutes and bypassed nodes) and for reading a node's widget values."""
+    """A UI workflow's nodes (by execution id, subgraphs expanded: see :mod:`.execution_graph`), with the frontend's
+    rules for following a link to the node that really feeds it and for reading a node's widget values."""
 
     def __init__(self, workflow: dict, node_classes: dict, display_names: dict):
         self.node_classes = node_classes
         self.display_names = display_names
-        self.nodes: dict[str, dict] = {}
-        for node in workflow["nodes"]:
-            if not isinstance(node, dict) or "id" not in node:
-                raise WorkflowFormatError("A node in 'nodes' has no id.")
-            self.nodes[str(node["id"])] = node
-        self.links = _links(workflow)
+        try:
+            self.exec = ExecutionGraph(workflow)
+        except GraphError as exc:
+            raise WorkflowFormatError(str(exc)) from None
+        self.nodes: dict[str, dict] = {i: dto.node for i, dto in self.exec.nodes.items()}
+        self.links = self.exec.root.links
         self._widget_values: dict[str, dict] = {}
 
-    @staticmethod
-    def mode(node) -> int:
-        try:
-            return int(node.get("mode") or 0)
-        except (TypeError, ValueError):
-            return MODE_ALWAYS
+    mode = staticmethod(node_mode)
 
     @staticmethod
     def is_virtual(node) -> bool:
         return node.get("type") in ("Reroute", "PrimitiveNode", *NOTE_TYPES)
 
-    def is_sent(self, node) -> bool:
+    def is_sent(self, node_id: str) -> bool:
         """Whether the frontend puts the node in the API prompt (not virtual, not muted, not bypassed)."""
-        return not self.is_virtual(node) and self.mode(node) not in (MODE_NEVER, MODE_BYPASS)
+        return self.exec.nodes[node_id].is_sent
 
-    def input_link(self, node, slot) -> Link | None:
-        inputs = node.get("inputs") or []
-        if slot >= len(inputs):
-            return None
-        link_id = inputs[slot].get("link")
-        return self.links.get(link_id) if link_id is not None else None
-
-    def resolve_input(self, node_id: str, slot: int, want_type, seen: frozenset = frozenset()):
-        """The real (node id, slot) feeding input ``slot`` of a node, or None when nothing real feeds it."""
-        link = self.input_link(self.nodes[node_id], slot)
-        if link is None:
-            return None
-        return self.resolve_output(link.origin_id, link.origin_slot, want_type, seen)
-
-    def resolve_output(self, node_id: str, slot: int, want_type, seen: frozenset):
-        """Follow reroutes and bypassed nodes back to a real (node id, slot), or None when nothing feeds it."""
-        key = (node_id, slot)
-        if key in seen:
-            raise WorkflowFormatError(f"Links loop through node {node_id}.")
-        seen = seen | {key}
-        node = self.nodes.get(node_id)
-        if node is None:
-            return None
-        if self.mode(node) == MODE_BYPASS:
-            pick = self._bypass_input(node, slot, want_type)
-            return None if pick is None else self.resolve_input(node_id, pick, want_type, seen)
-        if node.get("type") == "Reroute":
-            return self.resolve_input(node_id, 0, want_type, seen)
-        if self.is_virtual(node):
-            return None
-        return node_id, slot
-
-    @staticmethod
-    def _bypass_input(node, slot: int, want_type) -> int | None:
-        """Which input a bypassed node passes to output ``slot``: the same slot when its type fits, else the first
-        input of the wanted type, else the first input whose type fits both."""
-        inputs = node.get("inputs") or []
-        outputs = node.get("outputs") or []
-        out_type = outputs[slot].get("type") if slot < len(outputs) else want_type
-        if want_type in ("*", "", None):
-            pick = slot if len(inputs) > slot else 0
-        elif slot < len(inputs) and _types_match(inputs[slot].get("type"), out_type) \
-                and _types_match(inputs[slot].get("type"), want_type):
-            pick = slot
-        else:
-            pick = next((i for i, s in enumerate(inputs) if s.get("type") == want_type), -1)
-            if pick == -1:
-                pick = next((i for i, s in enumerate(inputs) if _types_match(s.get("type"), out_type)
-                             and _types_match(s.get("type"), want_type)), -1)
-        return None if pick == -1 or pick >= len(inputs) else pick
+    def resolve_input(self, node_id: str, slot: int, want_type):
+        """The real (node id, slot) feeding input ``slot`` of a node, a promoted widget's :class:`Value`, or None
+        when nothing real feeds it."""
+        try:
+            return self.exec.resolve_input(self.exec.nodes[node_id], slot, want_type)
+        except GraphError as exc:
+            raise WorkflowFormatError(str(exc)) from None
 
     def widget_values(self, node_id: str) -> dict:
         """{input: value} of a node's widgets (a PrimitiveNode's single value as "value"); {} if unreadable."""
@@ -447,7 +373,7 @@ class _UiGraph:
 
     def lookup(self, name: str, widget: str):
         """``%NODE.WIDGET%``: a widget value of the node whose "Node name for S&R" (else title) is ``name``."""
-        nodes = self.nodes
+        nodes = self.exec.root.nodes  # the workflow's own nodes, not those inside subgraphs
         matches = [i for i, n in nodes.items() if (n.get("properties") or {}).get("Node name for S&R") == name]
         if not matches:
             matches = [i for i, n in nodes.items()
@@ -457,11 +383,12 @@ class _UiGraph:
         values = self.widget_values(matches[0])
         return values[widget] if widget in values else _MISSING
 
-    def primitive_value(self, node, slot: int):
+    def primitive_value(self, node_id: str, slot: int):
         """The value of a PrimitiveNode linked into input ``slot`` (it writes its value into the widget it feeds),
         else _MISSING."""
-        link = self.input_link(node, slot)
-        origin = self.nodes.get(link.origin_id) if link is not None else None
+        dto = self.exec.nodes[node_id]
+        link = dto.input_link(slot)
+        origin = dto.scope.nodes.get(link.origin_id) if link is not None else None
         if origin is None or origin.get("type") != "PrimitiveNode" or not origin.get("widgets_values"):
             return _MISSING
         return origin["widgets_values"][0]
@@ -477,26 +404,23 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
     """Convert a UI-format workflow to an API prompt as the ComfyUI frontend does when it queues it.
 
     ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``).
-    Steps: 1. refuse what the runner cannot run (subgraphs, group nodes); 2. read nodes and links; 3. convert each
-    node that is sent (widget values, then links, each followed to the node that really feeds it); 4. drop links
-    into nodes that were not sent.
+    Steps: 1. refuse what the runner cannot run (legacy group nodes); 2. read nodes and links, subgraphs expanded
+    to nodes with ids ``outer:inner``; 3. convert each node that is sent (widget values, then links, each followed
+    to the node that really feeds it, or to the widget promoted to its subgraph node); 4. drop links into nodes
+    that were not sent.
     """
     _refuse_unsupported(workflow)  # 1
-    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
     workflow = copy.deepcopy(workflow)
     graph = _UiGraph(workflow, node_classes, display_names or {})  # 2
     conv = Conversion(prompt={}, workflow=workflow)
-    for node_id, node in graph.nodes.items():  # 3
-        if not graph.is_sent(node):
+    for node_id, dto in graph.exec.nodes.items():  # 3
+        if not dto.is_sent:
             continue
+        node = dto.node
         ntype = node.get("type")
-        if isinstance(ntype, str) and (ntype in group_nodes or ntype.startswith(("workflow>", "workflow/"))):
-            raise WorkflowFormatError(f"Node {node_id} is a group node ({ntype}), which the standalone runner does "
-                                      "not support; convert it back to nodes in ComfyUI and save again.")
         inputs = _widget_inputs(graph, conv, node_id, node, rng)
         inputs.update(_linked_inputs(graph, node_id, node))
-        title = node.get("title") or graph.display_names.get(ntype) or ntype
-        conv.prompt[node_id] = {"inputs": inputs, "class_type": ntype, "_meta": {"title": title}}
+        conv.prompt[node_id] = {"inputs": inputs, "class_type": ntype, "_meta": _meta(graph, node)}
     for entry in conv.prompt.values():  # 4. as in the frontend: links into nodes that were not sent disappear
         for name, value in list(entry["inputs"].items()):
             if is_link(value) and value[0] not in conv.prompt:
@@ -504,13 +428,30 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
     return conv
 
 
+def _meta(graph: _UiGraph, node: dict) -> dict:
+    """The prompt's ``_meta``: the node's title, and the registry ids (cnr_id, aux_id, ver) it was made with."""
+    ntype = node.get("type")
+    meta = {"title": node.get("title") or graph.display_names.get(ntype) or ntype}
+    props = node.get("properties") or {}
+    for key in ("cnr_id", "aux_id", "ver"):
+        if isinstance(props.get(key), str) and props[key]:
+            meta[key] = props[key]
+    return meta
+
+
 def _refuse_unsupported(workflow) -> None:
     if not is_ui_workflow(workflow):
         raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
     _check_shape(workflow)
-    if (workflow.get("definitions") or {}).get("subgraphs"):
-        raise WorkflowFormatError("This workflow uses subgraphs, which the standalone runner does not support; "
-                                  "unpack them in ComfyUI (right-click → Unpack Subgraph) and save again.")
+    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
+    for node in workflow["nodes"]:
+        ntype = node.get("type") if isinstance(node, dict) else None
+        if isinstance(ntype, str) and (ntype in group_nodes or ntype.startswith(("workflow>", "workflow/"))) \
+                and node_mode(node) not in (MODE_NEVER, MODE_BYPASS):
+            raise WorkflowFormatError(
+                f"Node {node.get('id')} is a legacy group node ({ntype}), which the standalone runner does not run. "
+                "Open the workflow in a current ComfyUI frontend (1.2x or newer), which turns group nodes into "
+                "subgraphs, and save it again: subgraphs run here.")
 
 
 def _check_shape(workflow: dict) -> None:
@@ -586,18 +527,21 @@ def _widget_inputs(graph: _UiGraph, conv: Conversion, node_id: str, node: dict, 
 
 
 def _linked_inputs(graph: _UiGraph, node_id: str, node: dict) -> dict[str, Any]:
-    """A node's input slots as prompt links ``[node_id, slot]`` to the node that really feeds each one; a
-    PrimitiveNode's value where one feeds the slot."""
+    """A node's input slots as prompt links ``[node_id, slot]`` to the node that really feeds each one; the value
+    of a widget promoted to the subgraph node around it, or of a PrimitiveNode, where one feeds the slot."""
     inputs: dict[str, Any] = {}
     for slot, inp in enumerate(node.get("inputs") or []):
-        name = inp.get("name")
+        name = inp.get("name") if isinstance(inp, dict) else None
         if not name:
             continue
         resolved = graph.resolve_input(node_id, slot, inp.get("type"))
+        if isinstance(resolved, Value):
+            inputs[name] = _as_prompt_value(resolved.value)
+            continue
         if resolved is not None:
             inputs[name] = [resolved[0], int(resolved[1])]
             continue
-        value = graph.primitive_value(node, slot)
+        value = graph.primitive_value(node_id, slot)
         if value is not _MISSING:
             inputs[name] = _as_prompt_value(value)
     return inputs

@@ -52,9 +52,11 @@ def load_example(name: str) -> dict:
 
 def tiny_overrides(workflow: dict) -> dict[str, object]:
     """``{"node_id.input": value}`` pointing an example at the tiny models with few steps and small sizes."""
+    from ipx2p_standalone.execution_graph import ExecutionGraph
+
     out: dict[str, object] = {}
-    for node in workflow["nodes"]:
-        nid, kind = str(node["id"]), node["type"]
+    for nid, dto in ExecutionGraph(workflow).nodes.items():  # nodes inside subgraphs too, as "outer:inner"
+        node, kind = dto.node, dto.node["type"]
         if kind == "IPX2PLoadModel":
             out[f"{nid}.model_name"] = TINY_MODEL_FOR[node["widgets_values"][0]]
             out[f"{nid}.device"] = "cpu"

@@ -17,6 +17,7 @@ from ipx2p_standalone.runner import Runner
 EXPECTED = {  # example -> (output prefix, number of images, size of the first (w, h))
     "ipx2p_sd15_staged": ("ipx2p", 1, (512, 384)),
     "ipx2p_sd15_edit_image": ("ipx2p_edit", 1, (512, 384)),
+    "ipx2p_sd15_subgraph": ("ipx2p_subgraph", 1, (512, 384)),
     "ipx2p_sdxl_edit": ("ipx2p_sdxl", 1, (512, 384)),
     "ipx2p_cosxl_edit": ("ipx2p_cosxl", 1, (512, 384)),
     "ipx2p_lora_embedding": ("ipx2p_lora", 1, (512, 384)),
@@ -67,12 +68,13 @@ def test_example_runs_end_to_end(runner, name):
 
 def test_staged_and_one_node_examples_give_identical_pixels(runner):
     out = {}
-    for name in ("ipx2p_sd15_staged", "ipx2p_sd15_edit_image"):
+    for name in ("ipx2p_sd15_staged", "ipx2p_sd15_edit_image", "ipx2p_sd15_subgraph"):
         wf = load_example(name)
         result = runner.run(wf, overrides=tiny_overrides(wf))
         assert result.ok, result.error_text()
         out[name] = np.asarray(Image.open(result.files[0]))
     assert np.array_equal(out["ipx2p_sd15_staged"], out["ipx2p_sd15_edit_image"])
+    assert np.array_equal(out["ipx2p_sd15_staged"], out["ipx2p_sd15_subgraph"])  # the stages packed in a subgraph
 
 
 def test_masked_example_keeps_everything_outside_the_sky(runner):

@@ -222,12 +222,17 @@ def test_dynamic_prompts_and_filename_prefix_replacements(runner):
 
 
 def test_unsupported_ui_features_are_clear_errors(runner):
-    wf = ui([node(1, "MakeImage", ["a", 1, "fixed", 4, "red"])], [])
-    wf["definitions"] = {"subgraphs": [{"id": "x"}]}
-    with pytest.raises(WorkflowFormatError, match="subgraphs"):
+    # legacy group nodes: the current frontend turns them into subgraphs when it opens the file; the runner asks for that
+    wf = ui([node(1, "MakeImage", ["a", 1, "fixed", 4, "red"]), node(2, "workflow>Pair", [])], [])
+    wf["extra"]["groupNodes"] = {"Pair": {"nodes": [], "links": []}}
+    message = ("Node 2 is a legacy group node (workflow>Pair), which the standalone runner does not run. Open the "
+               "workflow in a current ComfyUI frontend (1.2x or newer), which turns group nodes into subgraphs, and "
+               "save it again: subgraphs run here.")
+    with pytest.raises(WorkflowFormatError) as caught:
         ui_to_api(wf, runner.node_classes)
+    assert str(caught.value) == message
     result = runner.run(wf)
-    assert result.status == "invalid" and "subgraphs" in result.error["message"]
+    assert result.status == "invalid" and message in result.error["message"]
 
 
 def test_unknown_ui_node_type_is_reported_per_node(runner):
