@@ -46,7 +46,7 @@ PAD = "ipx2p_guidance_pad"
 # sets a setting that is not registered yet. Everything else fails the tests.
 OPTIONAL_404 = {"/api/userdata/user.css", "/user.css", "/api/userdata/comfy.templates.json",
                 "/api/userdata/workflows/.index.json"}  # the last: workflow bookmarks, none yet
-OPTIONAL_404_LISTINGS = {"workflows", "subgraphs/"}  # GET /api/userdata?dir=... before the folder exists
+OPTIONAL_404_LISTINGS = {"workflows", "subgraphs/", "subgraphs"}  # GET /api/userdata?dir=... before it exists
 FRONTEND_SETTING_BUG = "Cannot read properties of undefined (reading 'id')"
 
 APP_READY = """() => !!(window.app && app.graph && app.canvas && app.extensionManager
@@ -149,12 +149,15 @@ def page(browser, studio):
     return pg
 
 
+DIALOG = "[data-testid=dialog-overlay], .p-dialog-mask"  # 1.58's dialogs, and PrimeVue's
+
+
 def close_dialogs(page):
     for _ in range(3):
-        if not page.locator(".p-dialog-mask").count():
+        if not page.locator(DIALOG).count():
             return
         page.keyboard.press("Escape")
-        page.locator(".p-dialog-mask").first.wait_for(state="detached")
+        page.locator(DIALOG).first.wait_for(state="detached")
 
 
 def to_screen(page, node_id, x, y):
@@ -190,8 +193,8 @@ def edited(page, studio, folders):
     page.click(".templates-tab-button")
     page.locator("[data-testid=template-workflows-content]").wait_for()
     card = page.locator(f"[data-testid=template-workflow-{EXAMPLE}]")
-    if not card.is_visible():  # our pack is the only group, so it is usually selected already
-        page.get_by_role("option", name=PACK_NAME).click()
+    if not card.is_visible():  # the gallery opens on "All Templates": pick our pack's group
+        page.get_by_text(PACK_NAME, exact=True).first.click()
     card.click()
     page.wait_for_function("() => app.graph.nodes.some(n => n.type === 'IPX2PEditImage')")
     page.locator("[data-testid=template-workflows-content]").wait_for(state="detached")
@@ -255,13 +258,13 @@ def test_page_boots_without_console_errors(page, browser, studio):
 
 def test_our_nodes_are_in_the_node_library(page, browser):
     close_dialogs(page)
-    page.click(".node-library-tab-button")
-    page.get_by_text("InstructPix2Pix", exact=True).first.wait_for()
-    page.fill(".node-lib-search-box input", "IP2P")
-    panel = page.locator(".side-bar-panel")
+    page.click("[data-testid=node-library-tab-button]")
+    search = page.locator("input[placeholder='Search Nodes...']")
+    search.wait_for()
+    search.fill("IP2P")
     for display_name in ipx2p_nodes.NODE_DISPLAY_NAME_MAPPINGS.values():
-        panel.get_by_text(display_name, exact=True).first.wait_for()
-    page.click(".node-library-tab-button")  # close the panel again
+        page.get_by_text(display_name, exact=True).first.wait_for()
+    page.click("[data-testid=node-library-tab-button]")  # close the panel again
     assert browser.unexpected_errors() == []
 
 
@@ -398,13 +401,66 @@ def test_guidance_pad_drags_both_values_and_stays_in_sync(page, browser, edited)
     assert browser.unexpected_errors() == []
 
 
+def vue_widget_canvas(page, node_id, name):
+    """The canvas Nodes 2.0 gives a canvas-drawn widget (WidgetLegacy), inside the node's DOM element."""
+    return page.locator(f"[data-node-id='{node_id}'] [data-widget-name='{name}'] canvas").first
+
+
+def test_extensions_in_modern_node_design(page, browser, edited):
+    """Nodes 2.0 (setting Comfy.VueNodes.Enabled): nodes are DOM elements and each canvas-drawn widget gets a canvas of
+    its own, drawn through widget.draw and redrawn through triggerDraw. The pad and the comparison draw there and
+    take drags there, and the number widgets and the pad stay in sync."""
+    page.evaluate("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        pad = vue_widget_canvas(page, EDIT, PAD)
+        pad.wait_for()
+        page.wait_for_function("""([id, pad]) => !!app.graph.getNodeById(id).widgets.find(w => w.name === pad)
+            .triggerDraw""", arg=[EDIT, PAD])
+        r = page.evaluate("""([id, pad]) => app.graph.getNodeById(id).widgets.find(w => w.name === pad).last""",
+                          [EDIT, PAD])
+        box = pad.bounding_box()
+        assert r and box and box["width"] > 200 and box["height"] > 100
+        # the pad's rectangle in its own canvas (CSS pixels): drag to text 3, image 3.5
+        start = (box["x"] + r["x"] + r["w"] * 7.5 / 15, box["y"] + r["y"] + r["h"] * (1 - 1.5 / 4))
+        page.evaluate("""([id]) => { const ws = app.graph.getNodeById(id).widgets;
+            ws.find(w => w.name === 'text_guidance').value = 7.5; ws.find(w => w.name === 'image_guidance').value = 1.5;
+            ws.find(w => w.name === 'ipx2p_guidance_pad').triggerDraw(); }""", [EDIT])
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move(box["x"] + r["x"] + r["w"] * 3 / 15, box["y"] + r["y"] + r["h"] * (1 - 3.5 / 4), steps=8)
+        page.mouse.up()
+        assert widget_value(page, EDIT, "text_guidance") == pytest.approx(3.0, abs=0.15)
+        assert widget_value(page, EDIT, "image_guidance") == pytest.approx(3.5, abs=0.1)
+
+        # the comparison shows the last run's pair in its canvas and its divider follows a drag
+        cmp = vue_widget_canvas(page, edited["compare"], "ipx2p_compare")
+        cmp.wait_for()
+        page.evaluate("""(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipx2p_compare')
+            .triggerDraw?.()""", edited["compare"])
+        rect = page.evaluate("""(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipx2p_compare')
+            .imageRect""", edited["compare"])
+        cbox = cmp.bounding_box()
+        assert rect and rect["w"] > 100
+        middle = cbox["y"] + rect["y"] + rect["h"] / 2
+        page.mouse.move(cbox["x"] + rect["x"] + rect["w"] * 0.5, middle)
+        page.mouse.down()
+        page.mouse.move(cbox["x"] + rect["x"] + rect["w"] * 0.3, middle, steps=6)
+        page.mouse.up()
+        split = page.evaluate("""(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipx2p_compare')
+            .split""", edited["compare"])
+        assert split == pytest.approx(0.3, abs=0.03)
+    finally:
+        page.evaluate("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+    assert browser.unexpected_errors() == []
+
+
 def test_saved_workflow_reloads_after_restart(page, browser, studio, folders, edited):
     """Runs last: it moves the module's page away and replaces the server."""
     page.evaluate("""() => { const ws = app.graph.getNodeById(3).widgets;
         ws.find(w => w.name === 'text_guidance').value = 9.3; ws.find(w => w.name === 'image_guidance').value = 1.85; }""")
     page.mouse.click(VIEWPORT["width"] - 60, VIEWPORT["height"] - 120)  # focus the canvas (an empty spot)
     page.keyboard.press("Control+s")
-    name_box = page.locator(".p-dialog input")
+    name_box = page.locator("[role=dialog] input")
     name_box.wait_for()
     name_box.fill("my edit")
     with page.expect_response(lambda r: r.request.method == "POST" and "/api/userdata/workflows" in r.url) as saving:
@@ -421,7 +477,7 @@ def test_saved_workflow_reloads_after_restart(page, browser, studio, folders, ed
     fresh = browser.open(studio["server"].url)  # nothing comes back from the browser's own storage
     # A returning user with nothing to restore gets our example, not the frontend's default graph of missing nodes.
     fresh.wait_for_function("() => app.graph.nodes.some(n => n.type === 'IPX2PEditImage')")
-    assert fresh.locator(".p-dialog-mask").count() == 0
+    assert fresh.locator(DIALOG).count() == 0
     fresh.click(".workflows-tab-button")
     fresh.locator(".side-bar-panel").get_by_text("my edit.json", exact=True).click()
     fresh.wait_for_function("() => app.extensionManager.workflow.activeWorkflow?.filename === 'my edit'")

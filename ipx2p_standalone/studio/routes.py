@@ -381,6 +381,9 @@ class Api:
     async def core_templates(self, request: web.Request) -> web.Response:
         return web.json_response([])
 
+    async def core_template_logos(self, request: web.Request) -> web.Response:
+        return web.json_response({})  # logos of ComfyUI's own template gallery, which the studio does not ship
+
     async def i18n(self, request: web.Request) -> web.Response:
         return web.json_response({})  # the pack ships no translations; the frontend has its own built in
 
@@ -569,3 +572,4 @@ def add_api_routes(app: web.Application, api: Api, studio: "Studio") -> None:
     for method, path, handler in internal:
         app.router.add_route(method, path, handler)
     app.router.add_get("/templates/index.json", api.core_templates)
+    app.router.add_get("/templates/index_logo.json", api.core_template_logos)
