@@ -42,9 +42,11 @@ EXAMPLE = "ipx2p_sd15_edit_image"  # nodes: 1 Load Model, 2 Load Image, 3 Edit I
 EDIT, SAVE = 3, 4
 PAD = "ipx2p_guidance_pad"
 
-# Console errors that the frontend 1.27.10 also logs against ComfyUI 0.3.64 itself (checked on a live server): files
-# that are optional and absent (404), and its own bug on every boot where "Comfy.Canvas.NavigationMode"'s onChange
-# sets a setting that is not registered yet. Everything else fails the tests.
+# Console errors the frontend logs against ComfyUI itself: files that are optional and absent (404; 1.58 also lists a
+# `subgraphs` folder, without the slash 1.27.10 used), and 1.27.10's own bug on every boot where
+# "Comfy.Canvas.NavigationMode"'s onChange sets a setting that is not registered yet (checked against ComfyUI 0.3.64;
+# tests/test_comfyui_web.py uses the same list). 1.58.1 boots against the studio with none but the 404s. Everything
+# else fails the tests.
 OPTIONAL_404 = {"/api/userdata/user.css", "/user.css", "/api/userdata/comfy.templates.json",
                 "/api/userdata/workflows/.index.json"}  # the last: workflow bookmarks, none yet
 OPTIONAL_404_LISTINGS = {"workflows", "subgraphs/", "subgraphs"}  # GET /api/userdata?dir=... before it exists
