@@ -2,8 +2,9 @@
 
 The official ComfyUI frontend boots against our server with no console errors; our nodes are in the node library;
 an example workflow opens from the template browser and runs on the tiny model with progress and an output image;
-the before/after comparison and the guidance pad (web/) render and change values; a saved workflow opens again
-after the server restarts. Waits are on selectors and on the app's state (``window.app``), never on fixed sleeps.
+the before/after comparison and the guidance pad (web/) render and change values, in the classic canvas and in
+Modern Node Design (Nodes 2.0); a saved workflow opens again after the server restarts; a subgraph made in the UI
+runs. The pinned frontend is comfyui-frontend-package 1.58.1 (tests/test_comfyui_web.py covers ComfyUI's 1.27.10). Waits are on selectors and on the app's state (``window.app``), never on fixed sleeps.
 
 Needs /usr/bin/chromium (``apt-get install chromium``; .ci/run installs it). Playwright never downloads a browser
 here. ``IPX2P_STUDIO_SCREENSHOT=docs/studio.png`` also saves the README's screenshot.
