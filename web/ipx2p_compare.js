@@ -53,8 +53,15 @@ function makeCompare(node) {
       return { minHeight: MIN_HEIGHT, minWidth: 200 };
     },
 
+    // Draw again: the canvas (classic) or this widget's own canvas (Nodes 2.0 draws a canvas widget on a canvas of
+    // its own and sets triggerDraw, the frontend's hook for asking it to redraw).
+    redraw() {
+      node.setDirtyCanvas?.(true, true);
+      this.triggerDraw?.();
+    },
+
     setImages(before, after) {
-      const redraw = () => node.setDirtyCanvas?.(true, true);
+      const redraw = () => this.redraw();
       const befores = before.map((ref) => loadImage(ref, redraw));
       this.pairs = after.map((ref, i) => ({ after: loadImage(ref, redraw), before: befores[Math.min(i, befores.length - 1)] }));
       this.index = Math.min(this.index, Math.max(0, this.pairs.length - 1));
@@ -150,7 +157,7 @@ function makeCompare(node) {
       const r = this.imageRect;
       if (!r) return;
       this.split = Math.min(1, Math.max(0, (x - r.x) / r.w));
-      node.setDirtyCanvas?.(true, false);
+      this.redraw();
     },
 
     mouse(event, pos) {
@@ -161,7 +168,7 @@ function makeCompare(node) {
           const n = this.pairs.length;
           if (Math.abs(pos[0] - a.prev) < 12) this.index = (this.index + n - 1) % n;
           else if (Math.abs(pos[0] - a.next) < 12) this.index = (this.index + 1) % n;
-          node.setDirtyCanvas?.(true, false);
+          this.redraw();
           return true;
         }
         const r = this.imageRect;
@@ -171,8 +178,10 @@ function makeCompare(node) {
         return true;
       }
       if (!this.dragging) return false;
-      this.setSplit(pos[0]);
+      // The release only ends the drag: Nodes 2.0 reports it in node coordinates, not this widget's (the moves
+      // before it already put the divider where the pointer is).
       if (type.endsWith("up")) this.dragging = false;
+      else this.setSplit(pos[0]);
       return true;
     },
   };

@@ -10,7 +10,8 @@ import { api } from "../../scripts/api.js";
 
 const PACK = "comfyui-ipx2p";
 const EXAMPLE = "ipx2p_sd15_edit_image";
-const DEFAULT_GRAPH_MARKERS = ["CheckpointLoaderSimple", "KSampler"];
+// KSampler is in every frontend's built-in default (1.27: with Load Checkpoint; 1.58: with UNET/CLIP/VAE loaders).
+const DEFAULT_GRAPH_MARKERS = ["KSampler"];
 
 function registered(type) {
   return !!globalThis.LiteGraph?.registered_node_types?.[type];

@@ -77,7 +77,7 @@ export function setWidgetValue(node, w, value) {
   if (!w || w.value === value) return;
   if (typeof w.setValue === "function") {
     w.setValue(value, { e: undefined, node, canvas: app.canvas });
-    node.setDirtyCanvas?.(true, true);
+    redrawPad(node);
     return;
   }
   const old = w.value;
@@ -89,7 +89,14 @@ export function setWidgetValue(node, w, value) {
   }
   node.onWidgetChanged?.(w.name, w.value, old, w);
   if (node.graph) node.graph._version++;
+  redrawPad(node);
+}
+
+// Draw the pad again: the canvas (classic) and, in Nodes 2.0, the pad's own canvas through triggerDraw, the hook
+// the frontend sets on a canvas-drawn widget it shows in a Vue node.
+function redrawPad(node) {
   node.setDirtyCanvas?.(true, true);
+  widget(node, PAD_WIDGET)?.triggerDraw?.();
 }
 
 export function setGuidance(node, text, image) {
@@ -274,8 +281,10 @@ function makePad(node) {
         if (pos[0] < r.x - 4 || pos[0] > r.x + r.w + 4 || pos[1] < r.y - 4 || pos[1] > r.y + r.h + 4) return false;
         this.dragging = true;
       } else if (type.endsWith("up")) {
-        if (!this.dragging) return false;
+        // The release only ends the drag: Nodes 2.0 reports it in node coordinates, not this widget's.
+        const was = this.dragging;
         this.dragging = false;
+        return was;
       } else if (!this.dragging) {
         return false;
       }
@@ -291,9 +300,51 @@ function makePad(node) {
 function addPad(node) {
   if (!widget(node, TEXT) || !widget(node, IMAGE) || widget(node, PAD_WIDGET)) return;
   node.addCustomWidget(makePad(node));
+  // A value typed or stepped in a number widget moves the point (in Nodes 2.0 the pad has no canvas redraw to
+  // ride on): chain the widgets' own callbacks.
+  for (const name of [TEXT, IMAGE]) {
+    const w = widget(node, name);
+    const callback = w.callback;
+    w.callback = function () {
+      const result = callback?.apply(this, arguments);
+      widget(node, PAD_WIDGET)?.triggerDraw?.();
+      return result;
+    };
+  }
   const size = node.computeSize();
   node.setSize([Math.max(node.size[0], size[0], 300), Math.max(node.size[1], size[1])]);
 }
+
+// The node's menu entries: guidance presets and, with a Guidance Sweep node in the graph, its pairs.
+function menuItems(node) {
+  const items = [{
+    content: "Guidance preset",
+    submenu: {
+      options: presets(node.ipx2pGuidanceDefaults).map(([label, text, image]) => ({
+        content: `${label} (text ${text}, image ${image})`,
+        callback: () => setGuidance(node, text, image),
+      })),
+    },
+  }];
+  const pairs = sweepPairs(node);
+  if (pairs.length) {
+    const many = new Set(pairs.map(([sweep]) => sweep.id)).size > 1;
+    items.push({
+      content: "Guidance from sweep",
+      submenu: {
+        options: pairs.map(([sweep, text, image]) => ({
+          content: `${many ? `#${sweep.id}: ` : ""}text ${text} · image ${image}`,
+          callback: () => setGuidance(node, text, image),
+        })),
+      },
+    });
+  }
+  return items;
+}
+
+// Frontends from 1.28 on have an extension hook for node menus (getNodeMenuItems, collected by
+// app.collectNodeMenuItems); older ones (ComfyUI 0.3.64's 1.27.10) only the node's getExtraMenuOptions.
+const HAS_MENU_HOOK = typeof app.collectNodeMenuItems === "function";
 
 app.registerExtension({
   name: "comfyui-ipx2p.GuidancePad",
@@ -301,34 +352,17 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!PAD_NODES.includes(nodeData?.name)) return;
     nodeType.prototype.ipx2pGuidanceDefaults = guidanceDefaults(nodeData);
+    if (HAS_MENU_HOOK) return;
     const previous = nodeType.prototype.getExtraMenuOptions;
     nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
       const result = previous?.apply(this, arguments);
-      const node = this;
-      options.push(null, {
-        content: "Guidance preset",
-        submenu: {
-          options: presets(node.ipx2pGuidanceDefaults).map(([label, text, image]) => ({
-            content: `${label} (text ${text}, image ${image})`,
-            callback: () => setGuidance(node, text, image),
-          })),
-        },
-      });
-      const pairs = sweepPairs(node);
-      if (pairs.length) {
-        const many = new Set(pairs.map(([sweep]) => sweep.id)).size > 1;
-        options.push({
-          content: "Guidance from sweep",
-          submenu: {
-            options: pairs.map(([sweep, text, image]) => ({
-              content: `${many ? `#${sweep.id}: ` : ""}text ${text} · image ${image}`,
-              callback: () => setGuidance(node, text, image),
-            })),
-          },
-        });
-      }
+      options.push(null, ...menuItems(this));
       return result;
     };
+  },
+
+  getNodeMenuItems(node) {
+    return PAD_NODES.includes(node?.comfyClass) ? [null, ...menuItems(node)] : [];
   },
 
   nodeCreated(node) {

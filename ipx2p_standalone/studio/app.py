@@ -41,7 +41,19 @@ log = logging.getLogger(__name__)
 
 PACK_NAME = "comfyui-ipx2p"  # the folder name the pack has in ComfyUI's custom_nodes: extensions, templates
 FRONTEND_PACKAGE = "comfyui-frontend-package"
-FRONTEND_VERSION = "1.27.10"  # the frontend whose backend contract this server implements
+FRONTEND_VERSION = "1.58.1"  # the frontend whose backend contract this server implements
+# Feature flags the frontend reads from /features (and the websocket's feature_flags) that turn on Comfy.org cloud
+# features: hub publishing, user secrets, deploy to cloud, the asset API, model upload, ComfyUI-Manager v4, the agent
+# panel. The frontend defaults them to off too; the studio says so explicitly, so a frontend whose default changes
+# still shows none of them (their routes are in routes.DELIBERATELY_UNSUPPORTED).
+CLOUD_FEATURES_OFF = {
+    "assets": False, "user_secrets_enabled": False, "deploy_to_cloud": False, "comfyhub_upload_enabled": False,
+    "comfyhub_profile_gate_enabled": False, "model_upload_button_enabled": False, "private_models_enabled": False,
+    "asset_deletion_enabled": False, "extension.manager.supports_v4": False, "show_signin_button": False,
+    "onboarding_survey_enabled": False, "onboarding_tour_enabled": False, "linear_toggle_enabled": False,
+    "agent-in-app-experience": False, "partner_node_token": False, "sso_enabled": False, "local_web_sso": False,
+}
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDIO_KEY = web.AppKey("ipx2p_studio", object)
 
 
@@ -182,7 +194,8 @@ class Studio:
         self._copy_example_inputs()
 
         self.max_upload = int(config.max_upload_mb * 1024 * 1024)
-        self.server_features = {"supports_preview_metadata": True, "max_upload_size": self.max_upload}
+        self.server_features = {"supports_preview_metadata": True, "max_upload_size": self.max_upload,
+                                **CLOUD_FEATURES_OFF, "node_replacements": True}
         self.host = StandaloneHost(models_dir=config.models_dir, device=config.device, temp_dir=self.folders["temp"])
         self.host.previews = config.previews
         self.host.compile_models = config.compile_models

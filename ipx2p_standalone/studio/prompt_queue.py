@@ -92,6 +92,7 @@ class PromptQueue:
     def put(self, number: float, prompt_id: str, prompt: dict, extra_data: dict, outputs: list) -> QueueItem:
         """Queue an item; raises KeyError when ``prompt_id`` is already pending, running or in the history."""
         extra = {k: v for k, v in (extra_data or {}).items() if k not in SENSITIVE_EXTRA_DATA}
+        extra["create_time"] = int(time.time() * 1000)  # as ComfyUI: the server's clock; the jobs API sorts by it
         item = QueueItem(number, next(self._seq), prompt_id, prompt, extra, list(outputs))
         with self._mutex:
             if self.knows(prompt_id):
@@ -136,6 +137,12 @@ class PromptQueue:
             running = [self.running.as_list()] if self.running is not None else []
             pending = [i.as_list() for i in sorted(self._pending)]
         return {"queue_running": running, "queue_pending": pending}
+
+    def jobs_snapshot(self) -> dict:
+        """The running item, the pending ones (in run order) and the history, for the jobs API (.jobs)."""
+        with self._mutex:
+            return {"running": [self.running] if self.running is not None else [],
+                    "pending": sorted(self._pending), "history": dict(self.history)}
 
     def clear(self) -> None:
         with self._mutex:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ipx2p_core.paths import contained_path
 
+from . import jobs
 from .bounds import MAX_JSON_BODY_BYTES, BadRequest, long_text_inputs, parse_json, read_body, read_json
 
 if TYPE_CHECKING:
@@ -34,11 +35,28 @@ MODEL_KINDS = ("checkpoints", "diffusers", "loras", "embeddings")
 PREVIEW_SUFFIXES = (".webp", ".png", ".jpg", ".jpeg", ".preview.png", ".preview.jpg", ".preview.webp")
 
 
-# Routes the pinned frontend (1.27.10) can call that the studio answers with 404 on purpose. The README lists them;
+# Routes the pinned frontend (1.58.1) can call that the studio answers with 404 on purpose. The README lists them;
 # tests/test_studio_frontend_routes.py checks that every other route the frontend bundle calls is served.
+_CLOUD = "a Comfy.org cloud feature, off through the /features flag "
 DELIBERATELY_UNSUPPORTED = {
-    "/api/assets": "the experimental asset API; the frontend uses it only when the setting "
-                   "Comfy.Assets.UseAssetAPI is on (off by default) and falls back to /experiment/models",
+    "/api/assets": "the asset API (assets stored and tagged by the server); " + _CLOUD + "`assets`: the frontend "
+                   "lists models from /experiment/models instead",
+    "/api/assets/*": "the asset API, as above",
+    "/api/jobs/*/assets": "a job's outputs as assets: asked only by the asset API, as above; /jobs/{id} gives them",
+    "/api/tasks/*": "the asset API's background tasks (downloads, exports), as above",
+    "/api/agent/*": "the in-app agent panel: " + _CLOUD + "`agent-in-app-experience` (and no `agent` feature)",
+    "/api/auth/*": "single sign-on to a Comfy.org workspace: " + _CLOUD + "`sso_enabled`",
+    "/oauth/*": "OAuth consent pages of the Comfy.org cloud build",
+    "/api/user": "the signed-in Comfy.org cloud user; the studio has no accounts (its users are /users)",
+    "/api/hub/*": "ComfyHub publishing and profiles: " + _CLOUD + "`comfyhub_upload_enabled`",
+    "/api/workflows/published/*": "shared (published) workflows of ComfyHub, as above",
+    "/api/userdata/*/publish": "publishing a saved workflow to ComfyHub, as above",
+    "/api/secrets": "user secrets (API keys kept by the server): " + _CLOUD + "`user_secrets_enabled`",
+    "/api/secrets/*": "user secrets, as above",
+    "/api/providers": "partner-node providers a workspace allows: " + _CLOUD + "`partner_node_governance_enabled`; "
+                      "the studio has no partner (API) nodes",
+    "/api/workspace/*": "workspace policies of the Comfy.org cloud, as above",
+    "/api/deploy/*": "deploying a workflow to Comfy.org: " + _CLOUD + "`deploy_to_cloud`",
     "/api/viewvideo": "video previews of video node packs; the studio has no video nodes",
     "/api/v2/manager/*": "ComfyUI-Manager's API (a separate pack, not part of ComfyUI itself); installing node packs "
                          "is not what the studio is for",
@@ -47,7 +65,6 @@ DELIBERATELY_UNSUPPORTED = {
                "none of those nodes, and the frontend shows the node's description instead",
     "/templates/*": "ComfyUI's own template gallery (the comfyui-workflow-templates package); /templates/index.json "
                     "answers [] so the frontend never asks for these, and our examples come from /workflow_templates",
-    "/__cookies__": "the cookie proxy of the Comfy.org cloud build, never used by a local server",
 }
 
 
@@ -234,6 +251,60 @@ class Api:
                 self.studio.queue.set_flag(name, True)
         return web.Response(status=200)
 
+    # ------------------------------------------------------------------------------------------------ jobs
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(jobs.list_jobs(self.studio.queue, request.query))
+        except jobs.JobQueryError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        job = jobs.find_job(self.studio.queue, job_id)
+        if job is None:
+            return web.json_response({"error": f"no job {job_id!r} in the queue or the history"}, status=404)
+        return web.json_response(job)
+
+    def _cancel(self, job_ids: list[str]) -> list[str]:
+        """Pending jobs leave the queue; the running one is interrupted. Finished or unknown ids are not cancelled."""
+        queue, cancelled = self.studio.queue, []
+        snapshot = queue.jobs_snapshot()
+        pending = {i.prompt_id for i in snapshot["pending"]}
+        running = queue.running_id()
+        to_delete = [j for j in job_ids if j in pending]
+        if to_delete:
+            queue.delete(to_delete)
+            cancelled += to_delete
+        if running is not None and running in job_ids:
+            self.studio.runner.interrupt()
+            cancelled.append(running)
+        return cancelled
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if jobs.find_job(self.studio.queue, job_id) is None:
+            return web.json_response({"error": f"no job {job_id!r} in the queue or the history"}, status=404)
+        return web.json_response({"cancelled": self._cancel([job_id])})
+
+    async def cancel_jobs(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, {})
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not 1 <= len(ids) <= 100 or not all(isinstance(i, str) for i in ids):
+            return web.json_response({"error": "expected {job_ids: [1 to 100 job id strings]}"}, status=400)
+        return web.json_response({"cancelled": self._cancel(ids)})
+
+    # ------------------------------------------------------------------------------------------------ subgraphs
+
+    async def global_subgraphs(self, request: web.Request) -> web.Response:
+        return web.json_response({})  # blueprints that node packs ship (a subgraphs/ folder); this pack has none
+
+    async def global_subgraph(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": f"no global subgraph {request.match_info['subgraph_id']!r}"}, status=404)
+
+    async def node_replacements(self, request: web.Request) -> web.Response:
+        return web.json_response({})  # old node type -> replacements; no node of this pack has been replaced
+
     # ------------------------------------------------------------------------------------------------ history
 
     async def get_history(self, request: web.Request) -> web.Response:
@@ -326,6 +397,9 @@ class Api:
 
     async def core_templates(self, request: web.Request) -> web.Response:
         return web.json_response([])
+
+    async def core_template_logos(self, request: web.Request) -> web.Response:
+        return web.json_response({})  # logos of ComfyUI's own template gallery, which the studio does not ship
 
     async def i18n(self, request: web.Request) -> web.Response:
         return web.json_response({})  # the pack ships no translations; the frontend has its own built in
@@ -468,6 +542,13 @@ def add_api_routes(app: web.Application, api: Api, studio: "Studio") -> None:
         ("POST", "/history", api.post_history),
         ("POST", "/interrupt", api.interrupt),
         ("POST", "/free", api.free),
+        ("GET", "/jobs", api.list_jobs),
+        ("POST", "/jobs/cancel", api.cancel_jobs),
+        ("GET", "/jobs/{job_id}", api.get_job),
+        ("POST", "/jobs/{job_id}/cancel", api.cancel_job),
+        ("GET", "/global_subgraphs", api.global_subgraphs),
+        ("GET", "/global_subgraphs/{subgraph_id}", api.global_subgraph),
+        ("GET", "/node_replacements", api.node_replacements),
         ("GET", "/view", files.view),
         ("POST", "/upload/image", files.upload_image),
         ("POST", "/upload/mask", files.upload_mask),
@@ -508,3 +589,4 @@ def add_api_routes(app: web.Application, api: Api, studio: "Studio") -> None:
     for method, path, handler in internal:
         app.router.add_route(method, path, handler)
     app.router.add_get("/templates/index.json", api.core_templates)
+    app.router.add_get("/templates/index_logo.json", api.core_template_logos)
