@@ -195,9 +195,6 @@ class ExecutionGraph:
             if child.subgraph is not None:
                 self._add_inner(child, (*seen, name))
 
-    def scope_of(self, dto: ExecNode) -> Scope:
-        return dto.scope
-
     def sibling(self, dto: ExecNode, node_id: str) -> ExecNode | None:
         return self.nodes.get(":".join((*dto.path, node_id)))
 

@@ -15,6 +15,9 @@ frontend's rules:
   ``PrimitiveNode`` writes its value into the widgets it feeds.
 * Muted nodes (mode 2) are dropped, and links from them removed. Bypassed nodes (mode 4) are dropped and each link
   from one of their outputs is re-wired to the input of the same slot (or else the first input) of a matching type.
+* Subgraphs (``definitions.subgraphs``) are expanded: a node inside one runs as ``"<subgraph node id>:<inner id>"``,
+  links cross the subgraph boundary, widgets promoted to the subgraph node give their values (see
+  :mod:`.execution_graph`, a port of the frontend 1.58.1 rules).
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .execution_graph import (MODE_ALWAYS, MODE_BYPASS, MODE_NEVER, NOTE_TYPES, ExecutionGraph, GraphError, Link,
-                              Value, node_mode, parse_links, types_match)
+from .execution_graph import MODE_BYPASS, MODE_NEVER, ExecutionGraph, GraphError, Value, node_mode
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
@@ -315,13 +317,6 @@ class Conversion:
     warnings: list[str] = field(default_factory=list)
 
 
-def _links(workflow: dict) -> dict[Any, Link]:
-    return parse_links(workflow.get("links"))
-
-
-_types_match = types_match
-
-
 class _UiGraph:
     """A UI workflow's nodes (by execution id, subgraphs expanded: see :mod:`.execution_graph`), with the frontend's
     rules for following a link to the node that really feeds it and for reading a node's widget values."""
@@ -334,18 +329,7 @@ class _UiGraph:
         except GraphError as exc:
             raise WorkflowFormatError(str(exc)) from None
         self.nodes: dict[str, dict] = {i: dto.node for i, dto in self.exec.nodes.items()}
-        self.links = self.exec.root.links
         self._widget_values: dict[str, dict] = {}
-
-    mode = staticmethod(node_mode)
-
-    @staticmethod
-    def is_virtual(node) -> bool:
-        return node.get("type") in ("Reroute", "PrimitiveNode", *NOTE_TYPES)
-
-    def is_sent(self, node_id: str) -> bool:
-        """Whether the frontend puts the node in the API prompt (not virtual, not muted, not bypassed)."""
-        return self.exec.nodes[node_id].is_sent
 
     def resolve_input(self, node_id: str, slot: int, want_type):
         """The real (node id, slot) feeding input ``slot`` of a node, a promoted widget's :class:`Value`, or None
