@@ -70,7 +70,7 @@ def _image_problem(path: Path | None, name: str) -> str | None:
     if path is None:
         return f"Invalid image file: {name} (outside the input, output and temp folders)"
     if not path.is_file():
-        return f"Invalid image file: {name}"
+        return f"Invalid image file: {name} does not exist (looked for {path})"
     try:
         with Image.open(path) as img:
             img.verify()

@@ -53,8 +53,6 @@ def cmd_run(args) -> int:
         return EXIT_ERROR
     host = StandaloneHost(models_dir=args.models, device=args.device, temp_dir=args.temp_dir)
     host.previews = False  # nothing here shows latent previews; skip making them
-    if not args.quiet and not getattr(args, "verbose", False):
-        _no_library_progress_bars()  # our per-node lines and step bar are the progress shown
     runner = Runner(output_dir=args.output_dir, input_dir=args.input_dir, host=host)
     reporter = _RunReporter(runner, quiet=args.quiet)
     result = runner.run(workflow, overrides=overrides, on_event=reporter)
@@ -202,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except IP2PError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -211,11 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (instruction truncated, mask stretched, ...) as one ``warning:`` line, without the internal file
+    and line Python's default format shows."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _no_library_progress_bars()  # transformers' "Loading weights" bar: ours show the progress that matters
     try:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog

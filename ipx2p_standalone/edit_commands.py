@@ -401,8 +401,8 @@ def cmd_sweep(args) -> int:
 
 def cmd_chain(args) -> int:
     from ipx2p_core import images_to_pil
-    from ipx2p_core.image import ResizePolicy, open_image
-    from ipx2p_core.pipeline import edit_chain
+    from ipx2p_core.image import ResizePolicy, labelled_grid, open_image, to_image_batch
+    from ipx2p_core.pipeline import edit_chain, sheet_title
 
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
@@ -414,10 +414,17 @@ def cmd_chain(args) -> int:
                              resize=resize, restore_size=args.restore_size, callback=progress)
     finally:
         progress.close()
-    paths = _output_paths(args.output, len(results))
+    strip_path = _output_paths(args.output, 1)[0]
+    paths = [strip_path.with_name(f"{strip_path.stem}_{i + 1}.png") for i in range(len(results))]
     meta = settings_metadata(args, model, args.seed)
     steps = [s for s in args.instructions if s.strip()]
     for i, (result, path) in enumerate(zip(results, paths)):
         save_png(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
         print(path)
+    # the whole chain at a glance: the input, then every step under its instruction
+    strip = labelled_grid([to_image_batch(image)[0], *(r.images[0] for r in results)], columns=len(results) + 1,
+                          title=sheet_title(model, " \u2192 ".join(steps), settings),
+                          column_labels=["input", *(f"{i + 1}. {s[:40]}" for i, s in enumerate(steps))])
+    save_png(images_to_pil(strip)[0], strip_path, {**meta, "instruction": None, "chain": steps})
+    print(strip_path)
     return 0
