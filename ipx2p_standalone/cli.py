@@ -150,9 +150,11 @@ def _add_studio_parser(sub) -> None:
     p.add_argument("--models", default=None,
                    help="models folder with checkpoints/, diffusers/, loras/, embeddings/ "
                         "(default $IPX2P_MODELS or ./models)")
-    p.add_argument("--output-dir", default="output", help="where SaveImage writes (default ./output)")
-    p.add_argument("--input-dir", default="input", help="uploaded and loadable images (default ./input)")
-    p.add_argument("--user-dir", default="user", help="settings and saved workflows (default ./user)")
+    p.add_argument("--output-dir", default=None, help="where SaveImage writes (default: output/ in the studio's "
+                                                       "per-user folder, $IPX2P_STUDIO_HOME or "
+                                                       "~/.local/share/ipx2p/studio on Linux)")
+    p.add_argument("--input-dir", default=None, help="uploaded and loadable images (default: input/ there)")
+    p.add_argument("--user-dir", default=None, help="settings and saved workflows (default: user/ there)")
     p.add_argument("--temp-dir", default=None, help="PreviewImage files (default: a temporary folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--max-upload-mb", type=float, default=100, help="largest upload accepted (default 100)")

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +44,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STUDIO_KEY = web.AppKey("ipx2p_studio", object)
 
 
+def studio_home() -> Path:
+    """The studio's working folder: $IPX2P_STUDIO_HOME, else the per-user data folder platformdirs would give
+    (``$XDG_DATA_HOME`` or ~/.local/share on Linux, ~/Library/Application Support on macOS, %LOCALAPPDATA% on
+    Windows) + ``ipx2p/studio``. Written out (eight lines) rather than adding platformdirs for it."""
+    if os.environ.get("IPX2P_STUDIO_HOME"):
+        return Path(os.environ["IPX2P_STUDIO_HOME"]).expanduser().absolute()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser().absolute() / "ipx2p" / "studio"
+
+
 class StudioError(RuntimeError):
     """The studio cannot start (frontend package missing, folder unusable); the message says what to do."""
 
@@ -52,9 +68,11 @@ class StudioConfig:
     host: str = "127.0.0.1"
     port: int = 8188
     models_dir: str | os.PathLike | None = None  # None: $IPX2P_MODELS or ./models
-    output_dir: str | os.PathLike = "output"
-    input_dir: str | os.PathLike = "input"
-    user_dir: str | os.PathLike = "user"
+    # None: input/, output/ and user/ under studio_home() (a per-user data folder), never the current folder, so
+    # starting the studio inside a checkout leaves it clean
+    output_dir: str | os.PathLike | None = None
+    input_dir: str | os.PathLike | None = None
+    user_dir: str | os.PathLike | None = None
     temp_dir: str | os.PathLike | None = None  # None: a fresh temporary folder, removed at exit
     device: str | None = None
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
@@ -138,12 +156,15 @@ class Studio:
         temp = Path(tempfile.mkdtemp(prefix="ipx2p-studio-temp-")) if self._own_temp else Path(config.temp_dir)
         # our own temporary folder goes when the server stops, or with this object if it never ran
         self._remove_temp = weakref.finalize(self, shutil.rmtree, temp, True) if self._own_temp else None
+        def folder(given, name: str) -> Path:
+            return Path(given if given is not None else studio_home() / name).expanduser().absolute()
+
         self.folders = {
-            "input": Path(config.input_dir).expanduser().absolute(),
-            "output": Path(config.output_dir).expanduser().absolute(),
+            "input": folder(config.input_dir, "input"),
+            "output": folder(config.output_dir, "output"),
             "temp": temp.expanduser().absolute(),
         }
-        self.user_dir = Path(config.user_dir).expanduser().absolute()
+        self.user_dir = folder(config.user_dir, "user")
         for folder in (*self.folders.values(), self.user_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
