@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -223,11 +224,43 @@ class Studio:
             urls.append(f"/extensions/{urllib.parse.quote(PACK_NAME)}/{urllib.parse.quote(rel.as_posix())}")
         return urls
 
-    def template_names(self) -> dict:
+    def example_names(self) -> list[str]:
         if not self.examples_dir.is_dir():
-            return {}
-        names = sorted(p.stem for p in self.examples_dir.glob("*.json") if p.is_file())
-        return {PACK_NAME: names} if names else {}
+            return []
+        return sorted(p.stem for p in self.examples_dir.glob("*.json") if p.is_file())
+
+    def template_names(self) -> dict:
+        """``/workflow_templates``: empty here. The pinned frontend shows a custom-node template with its file name
+        as title and description, so the studio lists the examples in ``/templates/index.json`` instead, where
+        each has the title and one-line description its workflow carries (``extra.ipx2p_template``). Inside
+        ComfyUI, ComfyUI lists them the custom-node way."""
+        return {}
+
+    def template_index(self) -> list[dict]:
+        """``/templates/index.json``: the examples as one category of the template dialog."""
+        templates = []
+        for name in self.example_names():
+            try:
+                info = json.loads((self.examples_dir / f"{name}.json").read_text(encoding="utf-8"))
+                info = info.get("extra", {}).get("ipx2p_template", {})
+            except (OSError, ValueError, AttributeError):
+                info = {}
+            templates.append({"name": name, "title": info.get("title", name),
+                              "description": info.get("description", ""), "mediaType": "image",
+                              "mediaSubtype": "jpg"})
+        if not templates:
+            return []
+        return [{"moduleName": "default", "title": PACK_NAME, "type": "image", "templates": templates}]
+
+    def template_file(self, file: str) -> Path | None:
+        """``/templates/NAME.json`` and the thumbnail ``/templates/NAME-1.jpg`` of an example, else None."""
+        stem, suffix = os.path.splitext(file)
+        if suffix == ".jpg" and stem.endswith("-1"):
+            stem = stem[:-2]
+        if suffix not in (".json", ".jpg") or stem not in self.example_names():
+            return None
+        path = self.examples_dir / f"{stem}{suffix}"
+        return path if path.is_file() else None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
