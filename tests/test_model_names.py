@@ -101,6 +101,7 @@ def _readme_run_example() -> list[str]:
     return shlex.split(command)
 
 
+@pytest.mark.slow  # 30 steps, as the README says
 def test_readme_run_example_works_as_written(tiny_sd, tmp_path, monkeypatch, capsys):
     """The README's `ipx2p run` command, verbatim, from a folder laid out as the README says (the example folder
     and ./models/checkpoints/<the name the workflow uses>). Tiny stand-ins under the same names: the model is a
