@@ -108,7 +108,7 @@ class IPX2PApplyLoRA:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name, **_):
+    def VALIDATE_INPUTS(cls, lora_name):
         return _validate_name(lora_name, "loras")  # any name form, not only the list's
 
     def apply(self, model, lora_name, strength_model=defaults.LORA_STRENGTH, strength_text=defaults.LORA_STRENGTH):
@@ -140,7 +140,7 @@ class IPX2PApplyEmbedding:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, embedding_name, **_):
+    def VALIDATE_INPUTS(cls, embedding_name):
         return _validate_name(embedding_name, "embeddings")
 
     def apply(self, model, embedding_name, name=""):
