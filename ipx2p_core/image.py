@@ -402,28 +402,61 @@ def open_image(path, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> Image.Image
     return ImageOps.exif_transpose(img)
 
 
-def contact_sheet(images: torch.Tensor, columns: int, labels: Sequence[str] | None = None,
-                  max_cell: int = 384) -> torch.Tensor:
-    """Lay images [N,H,W,3] out in a grid with a caption under each; returns one IMAGE [1,H',W',3]."""
-    from PIL import ImageDraw, ImageFont
+# labelled_grid layout, in pixels (tests read them to find each cell)
+GRID_GAP = 4
+GRID_TITLE_LINE = 20  # per title line
+GRID_COLUMN_LABEL = 22  # the row of column labels
+GRID_ROW_LABEL = 96  # the column of row labels
 
-    n = images.shape[0]
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def labelled_grid(images: Sequence[torch.Tensor] | torch.Tensor, columns: int, *, title: Sequence[str] = (),
+                  column_labels: Sequence[str] = (), row_labels: Sequence[str] = (), corner: str = "",
+                  max_cell: int = 384) -> torch.Tensor:
+    """Images (row-major, each [H,W,3]) in a grid under a title, with a label over every column and beside every
+    row; every cell is drawn at the first image's size (scaled to at most ``max_cell``). One IMAGE [1,H',W',3]."""
+    from PIL import ImageDraw
+
+    pils = [images_to_pil(img[None] if img.dim() == 3 else img)[0] for img in images]
+    n = len(pils)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
-    pils = images_to_pil(images)
     scale = min(1.0, max_cell / max(pils[0].size))
     cw, ch = max(1, round(pils[0].width * scale)), max(1, round(pils[0].height * scale))
-    caption = 22 if labels else 0
-    sheet = Image.new("RGB", (columns * cw + (columns + 1) * 4, rows * (ch + caption) + (rows + 1) * 4), (24, 24, 28))
+    top = GRID_GAP + len(title) * GRID_TITLE_LINE + (GRID_COLUMN_LABEL if column_labels else 0)
+    left = GRID_GAP + (GRID_ROW_LABEL if row_labels else 0)
+    sheet = Image.new("RGB", (left + columns * (cw + GRID_GAP), top + rows * (ch + GRID_GAP)), (24, 24, 28))
     draw = ImageDraw.Draw(sheet)
-    try:
-        font = ImageFont.load_default(size=14)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    big, small = _font(16), _font(14)
+    for i, line in enumerate(title):
+        draw.text((GRID_GAP + 2, GRID_GAP + i * GRID_TITLE_LINE), line, fill=(240, 240, 240), font=big)
+    label_y = GRID_GAP + len(title) * GRID_TITLE_LINE + 3
+    if corner and (column_labels or row_labels):
+        draw.text((GRID_GAP + 2, label_y), corner, fill=(150, 190, 255), font=small)
+    for c, label in enumerate(column_labels[:columns]):
+        draw.text((left + c * (cw + GRID_GAP) + 2, label_y), label, fill=(230, 230, 230), font=small)
+    for r, label in enumerate(row_labels[:rows]):
+        draw.text((GRID_GAP + 2, top + r * (ch + GRID_GAP) + ch // 2 - 8), label, fill=(230, 230, 230), font=small)
     for i, pil in enumerate(pils):
         r, c = divmod(i, columns)
-        x, y = 4 + c * (cw + 4), 4 + r * (ch + caption + 4)
-        sheet.paste(pil.resize((cw, ch), Image.Resampling.LANCZOS) if scale != 1.0 else pil, (x, y))
-        if labels:
-            draw.text((x + 2, y + ch + 3), labels[i], fill=(230, 230, 230), font=font)
+        cell = pil if pil.size == (cw, ch) else pil.resize((cw, ch), Image.Resampling.LANCZOS)
+        sheet.paste(cell, (left + c * (cw + GRID_GAP), top + r * (ch + GRID_GAP)))
     return torch.from_numpy(np.asarray(sheet).astype(np.float32) / 255.0)[None]
+
+
+def grid_cell_origin(index: int, columns: int, cell_size: tuple[int, int], title_lines: int,
+                     labelled: bool = True) -> tuple[int, int]:
+    """(x, y) of cell ``index`` (row-major) in a :func:`labelled_grid` with labels on both axes."""
+    r, c = divmod(index, columns)
+    cw, ch = cell_size
+    top = GRID_GAP + title_lines * GRID_TITLE_LINE + (GRID_COLUMN_LABEL if labelled else 0)
+    left = GRID_GAP + (GRID_ROW_LABEL if labelled else 0)
+    return left + c * (cw + GRID_GAP), top + r * (ch + GRID_GAP)

@@ -225,6 +225,33 @@ def shipped_tokenizer(pad_token: str = "<|endoftext|>"):
     )
 
 
+def _single_file_tokenizer(config_dir: Path, spec):
+    """The config folder's own tokenizer when it brings one (tokenizer.json, as transformers 5 saves it, or
+    vocab.json + merges.txt), else the shipped CLIP one."""
+    folder = config_dir / spec.tokenizer_folder
+    has_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if has_files or (folder / "tokenizer.json").is_file():
+        from transformers import CLIPTokenizer
+
+        try:
+            return CLIPTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:
+            raise IP2PError(f"Could not read the tokenizer in {folder}: {str(exc).splitlines()[0]}") from None
+    return shipped_tokenizer(_tokenizer_pad(config_dir, spec.tokenizer_folder, spec.pad_token))
+
+
+def _check_vocab(encoders, tokenizers, path: Path, config_dir: Path) -> None:
+    """A tokenizer whose ids run past its text encoder's embedding table would fail mid-edit with an IndexError."""
+    for encoder, tokenizer in zip(encoders, tokenizers):
+        rows, ids = int(encoder.config.vocab_size), len(tokenizer)
+        if ids > rows:
+            raise IP2PError(
+                f"{path}: its text encoder has {rows} token embeddings, but the tokenizer "
+                f"({getattr(tokenizer, 'name_or_path', '') or 'the shipped CLIP tokenizer'}) has {ids} tokens. Pass "
+                f"--config DIR (load_model(config=...)) whose tokenizer folder holds the model's own tokenizer "
+                f"(tokenizer.json, or vocab.json and merges.txt; config folder used: {config_dir}).")
+
+
 def _tokenizer_pad(config_dir: Path, sub: str, default: str) -> str:
     cfg = config_dir / sub / "tokenizer_config.json"
     if cfg.exists():
@@ -362,8 +389,8 @@ def _load_single_file(path: Path, requested, config: str | Path | None, dtype, d
 
     encoders = tuple(_text_encoder_from_ldm(spec, config_dir, sd, path, what)
                      for spec, what in zip(family.text_encoders, _encoder_names(family)))
-    tokenizers = tuple(shipped_tokenizer(_tokenizer_pad(config_dir, spec.tokenizer_folder, spec.pad_token))
-                       for spec in family.text_encoders)
+    tokenizers = tuple(_single_file_tokenizer(config_dir, spec) for spec in family.text_encoders)
+    _check_vocab(encoders, tokenizers, path, config_dir)
     del sd
 
     return _finish(family, unet, vae, encoders, tokenizers, _scheduler_config(family, config_dir, facts), dtype,

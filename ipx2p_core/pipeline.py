@@ -9,7 +9,7 @@ import torch
 
 from . import defaults
 from .errors import IP2PError
-from .image import ResizePolicy, contact_sheet, decode_latents, encode_image
+from .image import ResizePolicy, decode_latents, encode_image, labelled_grid
 from .models import IP2PModel
 from .sampling import Latents, SamplerSettings, StepCallback, sample, sweep
 from .text import encode_instruction
@@ -111,6 +111,23 @@ def guidance_sweep(
     restore = result.latents.original_size if restore_size else None
     images = decode_latents(model, result.latents.samples, restore_size=restore)
     firsts = images[:: result.rows_per_cell]
-    labels = [f"text {t:g} / image {g:g}" for t, g in result.cells]
-    sheet = contact_sheet(firsts, columns=len(list(image_guidances)), labels=labels)
+    texts, imgs = list(text_guidances), list(image_guidances)
+    # cells run text-major; the sheet puts text guidance across and image guidance down
+    grid = [firsts[ti * len(imgs) + gi] for gi in range(len(imgs)) for ti in range(len(texts))]
+    sheet = labelled_grid(grid, columns=len(texts), title=sheet_title(model, instruction, settings),
+                          column_labels=[f"text {t:g}" for t in texts],
+                          row_labels=[f"image {g:g}" for g in imgs], corner="image \\ text")
     return SweepImages(images=images, sheet=sheet, cells=result.cells)
+
+
+def sheet_title(model: IP2PModel, instruction: str, settings: SamplerSettings) -> list[str]:
+    """The header of a sweep sheet or chain strip: what was asked, of which model, with which seed."""
+    from pathlib import Path
+
+    from .schedulers import resolve_scheduler_name
+
+    scheduler = resolve_scheduler_name(settings.scheduler, model.is_edm, model.family.default_scheduler).name
+    text = " ".join(str(instruction).split())
+    return [f"\u201c{text[:120]}{'...' if len(text) > 120 else ''}\u201d",
+            f"{Path(str(model.source)).name} \u00b7 seed {settings.seed} \u00b7 {settings.steps} steps "
+            f"\u00b7 {scheduler}"]

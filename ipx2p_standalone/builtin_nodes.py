@@ -74,7 +74,7 @@ def _image_problem(path: Path | None, name: str) -> str | None:
     if path is None:
         return f"Invalid image file: {name} (outside the input, output and temp folders)"
     if not path.is_file():
-        return f"Invalid image file: {name}"
+        return f"Invalid image file: {name} does not exist (looked for {path})"
     try:
         with Image.open(path) as img:
             check_image_pixels(img, name=name)  # every frame, before anything is decoded

@@ -60,8 +60,6 @@ def cmd_run(args) -> int:
     host.compile_models = args.compile
     if args.compile:
         show_compile_progress(args.quiet)
-    if not args.quiet and not getattr(args, "verbose", False):
-        _no_library_progress_bars()  # our per-node lines and step bar are the progress shown
     runner = Runner(output_dir=args.output_dir, input_dir=args.input_dir, host=host)
     reporter = _RunReporter(runner, quiet=args.quiet)
     result = runner.run(workflow, overrides=overrides, on_event=reporter)
@@ -159,9 +157,11 @@ def _add_studio_parser(sub) -> None:
     p.add_argument("--models", default=None,
                    help="models folder with checkpoints/, diffusers/, loras/, embeddings/ "
                         "(default $IPX2P_MODELS or ./models)")
-    p.add_argument("--output-dir", default="output", help="where SaveImage writes (default ./output)")
-    p.add_argument("--input-dir", default="input", help="uploaded and loadable images (default ./input)")
-    p.add_argument("--user-dir", default="user", help="settings and saved workflows (default ./user)")
+    p.add_argument("--output-dir", default=None, help="where SaveImage writes (default: output/ in the studio's "
+                                                       "per-user folder, $IPX2P_STUDIO_HOME or "
+                                                       "~/.local/share/ipx2p/studio on Linux)")
+    p.add_argument("--input-dir", default=None, help="uploaded and loadable images (default: input/ there)")
+    p.add_argument("--user-dir", default=None, help="settings and saved workflows (default: user/ there)")
     p.add_argument("--temp-dir", default=None, help="PreviewImage files (default: a temporary folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--max-upload-mb", type=float, default=100, help="largest upload accepted (default 100)")
@@ -212,11 +212,14 @@ CLI_OPTIONS = {"config": "--config DIR", "device": "--device {value}", "overwrit
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (ipx2p edit --from-png)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         _quiet_libraries()
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except IP2PError as exc:
         print(f"error: {exc.phrased(CLI_OPTIONS)}", file=sys.stderr)
         return EXIT_ERROR
@@ -225,11 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (instruction truncated, mask stretched, ...) as one ``warning:`` line, without the internal file
+    and line Python's default format shows."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _no_library_progress_bars()  # transformers' "Loading weights" bar: ours show the progress that matters
     try:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog

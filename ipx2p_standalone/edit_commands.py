@@ -22,7 +22,8 @@ from .output_files import check_outputs, save_output
 
 def _add_model_arguments(p, model_required: bool = True) -> None:
     p.add_argument("--model", "-m", required=model_required,
-                   help="diffusers folder, .safetensors file, or Hub id (timbrooks/instruct-pix2pix)")
+                   help="diffusers folder, .safetensors file, a model name in $IPX2P_MODELS or ./models (NAME, "
+                        "diffusers/NAME, ...), or Hub id (timbrooks/instruct-pix2pix)")
     p.add_argument("--dtype", default=defaults.DTYPE, choices=["auto", "fp32", "fp16", "bf16"],
                    help="model precision; auto (default) = fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--device", default=defaults.DEVICE, help="cpu, cuda, cuda:N, mps or auto (default)")
@@ -83,17 +84,20 @@ def add_edit_parsers(sub) -> None:
         help="edit an image following an instruction",
         description="Edit IMAGE following INSTRUCTION with an InstructPix2Pix model (SD 1.5, SDXL or CosXL Edit).",
     )
-    p.add_argument("image", help="input image file (PNG, JPEG, WebP, ...)")
-    p.add_argument("instruction", help='what to change, e.g. "make it winter"')
+    p.add_argument("image", nargs="?", help="input image file (PNG, JPEG, WebP, ...)")
+    p.add_argument("instruction", nargs="?", help='what to change, e.g. "make it winter"')
     p.add_argument("-o", "--output", default="edited.png",
                    help="output image, .png, .jpg or .webp (several images get _1, _2, ...)")
+    p.add_argument("--from-png", default=None, metavar="PNG",
+                   help="run the edit recorded in an ipx2p PNG again (its image, instruction, model and every "
+                        "setting); options given here change those")
     _add_overwrite_argument(p)
-    _add_model_arguments(p)
+    _add_model_arguments(p, model_required=False)
     _add_sampling_arguments(p)
     p.add_argument("--images", type=int, default=defaults.IMAGES_PER_INSTRUCTION,
                    help="number of edits to make (different noise each)")
     add_edit_options(p)
-    p.set_defaults(func=cmd_edit)
+    p.set_defaults(func=cmd_edit, edit_options={a.dest: a.option_strings for a in p._actions if a.option_strings})
 
     p = sub.add_parser(
         "sweep",
@@ -180,37 +184,58 @@ def _cell_path(sheet: Path, text: float, image: float, per_cell: int, k: int) ->
 
 
 def settings_metadata(args, model, seed: int) -> dict:
-    meta = {"instruction": None, "negative": None}
-    bounded_text(meta, "instruction", getattr(args, "instruction", None))
-    bounded_text(meta, "negative", args.negative)
-    meta.update({
+    """What an edit ran with, as recorded in its PNG: enough to run it again (``ipx2p edit --from-png``). Values
+    are the ones that ran: the scheduler ``auto`` stood for, the precision ``auto`` chose, full model and adapter
+    paths beside their short names."""
+    from ipx2p_core.schedulers import resolve_scheduler_name
+
+    scheduler = resolve_scheduler_name(args.scheduler, model.is_edm, model.family.default_scheduler).name
+    meta = {
+        "instruction": getattr(args, "instruction", None),
+        "negative": args.negative,
+        "image": _absolute(getattr(args, "image", None)),
         "model": Path(model.source).name,
+        "model_path": str(Path(model.source).absolute()),
         "family": model.family.name,
+        "config": _absolute(getattr(args, "config", None)),
         "steps": args.steps,
         "text_guidance": getattr(args, "text_guidance", None),
         "image_guidance": getattr(args, "image_guidance", None),
-        "scheduler": args.scheduler,
+        "scheduler": scheduler,
         "seed": seed,
         "resize": args.resize,
+        "restore_size": getattr(args, "restore_size", defaults.RESTORE_SIZE),
+        "images": getattr(args, "images", defaults.IMAGES_PER_INSTRUCTION),
         "dtype": args.dtype,
         "generator": "ipx2p",
         **_adapter_metadata(model),
-    })
+    }
+    bounded_text(meta, "instruction", meta["instruction"])  # a huge text keeps its start, length and sha256
+    bounded_text(meta, "negative", meta["negative"])
     if getattr(model, "compiled", False):
         meta["compiled"] = True  # fast mode ran (pixels within 1e-3 of eager)
     for extra in ("guidance_rescale", "eta", "strength", "image_guidance_end", "mask"):
         if getattr(args, extra, None) is not None:
             meta[extra] = getattr(args, extra)
-    return meta
+    if meta.get("mask") is not None:
+        meta["mask"] = _absolute(meta["mask"])
+        meta["mask_grow"] = getattr(args, "mask_grow", defaults.MASK_GROW)
+        meta["mask_feather"] = getattr(args, "mask_feather", defaults.MASK_FEATHER)
+    return {k: v for k, v in meta.items() if v is not None or k in ("text_guidance", "image_guidance")}
+
+
+def _absolute(path) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else None
 
 
 def _adapter_metadata(model) -> dict:
     meta = {}
     if getattr(model, "loras", ()):
-        meta["loras"] = [{"file": r.label, "strength_model": r.strength_model, "strength_text": r.strength_text}
-                         for r in model.loras]
+        meta["loras"] = [{"file": r.label, "path": r.source, "strength_model": r.strength_model,
+                          "strength_text": r.strength_text} for r in model.loras]
     if getattr(model, "embeddings", ()):
         meta["embeddings"] = [Path(r.source).name for r in model.embeddings]
+        meta["embedding_paths"] = [r.source for r in model.embeddings]
     return meta
 
 
@@ -271,9 +296,9 @@ def _load(args):
     from ipx2p_core import apply_embedding, apply_lora, load_model
     from ipx2p_core.models import parse_device
 
-    from .model_download import resolve_model_argument
+    from .model_download import local_model_path, resolve_model_argument
 
-    loras = [parse_lora_argument(v) for v in args.lora]
+    loras = [(local_model_path(p, ("loras",)), s, t) for p, s, t in map(parse_lora_argument, args.lora)]
     model_path = resolve_model_argument(args.model)
     if not args.quiet:
         print(f"Loading {args.model} ...", file=sys.stderr)
@@ -286,7 +311,7 @@ def _load(args):
     for path, strength, text in loras:
         model = apply_lora(model, path, strength, text)
     for path in args.embedding:
-        model = apply_embedding(model, path)
+        model = apply_embedding(model, local_model_path(path, ("embeddings",)))
     if not args.quiet:
         print(f"Model: {model.describe()}", file=sys.stderr)
     return model
@@ -317,11 +342,55 @@ class _Progress:
 # -------------------------------------------------------------------------------------------------------- commands
 
 
+# PNG metadata key -> edit option (``--from-png``)
+FROM_PNG = {"image": "image", "instruction": "instruction", "negative": "negative", "model_path": "model",
+            "family": "family", "config": "config", "steps": "steps", "text_guidance": "text_guidance",
+            "image_guidance": "image_guidance", "scheduler": "scheduler", "seed": "seed", "resize": "resize",
+            "restore_size": "restore_size", "images": "images", "dtype": "dtype",
+            "guidance_rescale": "guidance_rescale", "eta": "eta", "strength": "strength",
+            "image_guidance_end": "image_guidance_end", "mask": "mask", "mask_grow": "mask_grow",
+            "mask_feather": "mask_feather", "embedding_paths": "embedding"}
+
+
+def read_png_settings(path) -> dict:
+    """The ``ipx2p`` JSON settings an edit wrote into its PNG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", {}).get("ipx2p")
+    except (OSError, ValueError) as exc:
+        raise IP2PError(f"--from-png {path}: cannot read it as a PNG ({exc}).") from None
+    if not text:
+        raise IP2PError(f"--from-png {path}: it has no ipx2p settings (only PNGs written by ipx2p edit or ipx2p "
+                        "batch have them).")
+    return json.loads(text)
+
+
+def apply_png_settings(args) -> None:
+    """Set every option not given on the command line from ``--from-png``'s recorded settings."""
+    meta = read_png_settings(args.from_png)
+    argv = getattr(args, "argv", None) or []
+    given = {dest for dest, flags in args.edit_options.items()
+             if any(t == f or t.startswith(f + "=") for t in argv for f in flags if f.startswith("--") or t == f)}
+    given |= {dest for dest in ("image", "instruction") if getattr(args, dest) is not None}
+    for key, dest in FROM_PNG.items():
+        if key in meta and dest not in given:
+            setattr(args, dest, meta[key])
+    if "lora" not in given and meta.get("loras"):
+        args.lora = [f"{r['path']}:{r['strength_model']}:{r['strength_text']}" for r in meta["loras"]]
+
+
 def cmd_edit(args) -> int:
     from ipx2p_core import images_to_pil
     from ipx2p_core.image import ResizePolicy, open_image
     from ipx2p_core.pipeline import edit
 
+    if args.from_png:
+        apply_png_settings(args)
+    for dest, option in (("image", "IMAGE"), ("instruction", "INSTRUCTION"), ("model", "--model")):
+        if getattr(args, dest) is None:
+            raise IP2PError(f"ipx2p edit needs {option} (or --from-png PNG to take it from an earlier edit).")
     # Check cheap inputs before the expensive model load.
     check_instructions(args)
     check_outputs(_output_paths(args.output, args.images), [args.image, args.mask], args.overwrite)
@@ -381,12 +450,14 @@ def cmd_sweep(args) -> int:
 
 def cmd_chain(args) -> int:
     from ipx2p_core import images_to_pil
-    from ipx2p_core.image import ResizePolicy, open_image
-    from ipx2p_core.pipeline import edit_chain
+    from ipx2p_core.image import ResizePolicy, labelled_grid, open_image, to_image_batch
+    from ipx2p_core.pipeline import edit_chain, sheet_title
 
     check_instructions(args)
-    check_outputs(_output_paths(args.output, len([s for s in args.instructions if s.strip()])), [args.image],
-                  args.overwrite)
+    steps = [s for s in args.instructions if s.strip()]
+    strip_path = _output_paths(args.output, 1)[0]  # the strip of all steps; chain_1..N beside it
+    paths = [strip_path.with_name(f"{strip_path.stem}_{i + 1}{strip_path.suffix}") for i in range(len(steps))]
+    check_outputs([strip_path, *paths], [args.image], args.overwrite)
     resize = ResizePolicy.parse(args.resize)
     settings = _settings(args)
     image = open_image(args.image)
@@ -397,10 +468,14 @@ def cmd_chain(args) -> int:
                              resize=resize, restore_size=args.restore_size, callback=progress)
     finally:
         progress.close()
-    paths = _output_paths(args.output, len(results))
     meta = settings_metadata(args, model, args.seed)
-    steps = [s for s in args.instructions if s.strip()]
     for i, (result, path) in enumerate(zip(results, paths)):
         save_output(images_to_pil(result.images)[0], path, {**meta, "instruction": steps[i], "chain": steps[: i + 1]})
         print(path)
+    # the whole chain at a glance: the input, then every step under its instruction
+    strip = labelled_grid([to_image_batch(image)[0], *(r.images[0] for r in results)], columns=len(results) + 1,
+                          title=sheet_title(model, " \u2192 ".join(steps), settings),
+                          column_labels=["input", *(f"{i + 1}. {s[:40]}" for i, s in enumerate(steps))])
+    save_output(images_to_pil(strip)[0], strip_path, {**meta, "instruction": None, "chain": steps})
+    print(strip_path)
     return 0

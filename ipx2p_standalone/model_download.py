@@ -1,4 +1,6 @@
-"""Turning a --model argument into a local path: local files and folders as they are, Hub ids downloaded."""
+"""Turning a --model (--lora, --embedding) argument into a local path: local files and folders as they are, then
+names in the models folder ($IPX2P_MODELS or ./models, any name form of ipx2p_nodes.model_names), then Hub ids
+downloaded."""
 
 from __future__ import annotations
 
@@ -21,10 +23,30 @@ DIFFUSERS_PATTERNS = [
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+\.safetensors)?$")
 
 
-def resolve_model_argument(value: str) -> str:
-    """A local path is returned unchanged; ``owner/repo`` or ``owner/repo/file.safetensors`` is fetched from the Hub."""
-    if Path(value).expanduser().exists() or not HUB_ID.match(value):
+MODEL_KINDS = ("checkpoints", "diffusers")
+
+
+def local_model_path(value: str, kinds: tuple[str, ...]) -> str:
+    """``value`` itself when it exists, else what it names in the models folder, else ``value`` unchanged (the
+    loader then says it is not found)."""
+    if Path(value).expanduser().exists():
         return value
+    from ipx2p_nodes.model_names import resolve_model_name
+
+    from .host import StandaloneHost
+
+    try:
+        return str(resolve_model_name(StandaloneHost(), value, kinds)[1])
+    except IP2PError:
+        return value
+
+
+def resolve_model_argument(value: str) -> str:
+    """A local path is returned unchanged, a name in the models folder becomes its path (``diffusers/NAME`` there
+    wins over a Hub id of that spelling); ``owner/repo`` or ``owner/repo/file.safetensors`` is fetched from the Hub."""
+    local = local_model_path(value, MODEL_KINDS)
+    if local != value or not HUB_ID.match(value):
+        return local
     owner, repo, *rest = value.split("/")
     repo_id = f"{owner}/{repo}"
     try:

@@ -7,26 +7,27 @@ import os
 from ._engine import core
 from .common import CATEGORY, MODEL, defaults
 from .host import get_host
+from .model_names import DIFFUSERS_TAG, display_name, resolve_model_name
 
-DIFFUSERS_TAG = "[diffusers] "
+MODEL_KINDS = ("checkpoints", "diffusers")
 
 
 def model_choices() -> list[str]:
     host = get_host()
-    return [*host.list_models("checkpoints"), *(DIFFUSERS_TAG + n for n in host.list_models("diffusers"))]
+    return [display_name(kind, n) for kind in MODEL_KINDS for n in host.list_models(kind)]
 
 
 def resolve_model_choice(name: str):
-    host = get_host()
-    if name.startswith(DIFFUSERS_TAG):
-        kind, rel = "diffusers", name[len(DIFFUSERS_TAG):]
-    else:
-        kind, rel = "checkpoints", name
-    path = host.resolve_model(kind, rel)
-    if path is None:
-        where = ", ".join(str(d) for d in host.model_dirs(kind))
-        raise core.IP2PError(f"Model {name!r} not found in the {kind} folders ({where}).")
-    return path
+    """The model a Load Model name means (any form of :mod:`.model_names`)."""
+    return resolve_model_name(get_host(), name, MODEL_KINDS)[1]
+
+
+def _validate_name(name: str, kind: str):
+    try:
+        resolve_model_name(get_host(), name, (kind,))
+    except core.IP2PError as exc:
+        return str(exc)
+    return True
 
 
 SHIPPED_TAG = "[shipped] "
@@ -154,10 +155,12 @@ class IPX2PApplyLoRA:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        return _validate_name(lora_name, "loras")  # any name form, not only the list's
+
     def apply(self, model, lora_name, strength_model=defaults.LORA_STRENGTH, strength_text=defaults.LORA_STRENGTH):
-        path = get_host().resolve_model("loras", lora_name)
-        if path is None:
-            raise core.IP2PError(f"LoRA {lora_name!r} not found in the loras folders.")
+        path = resolve_model_name(get_host(), lora_name, ("loras",))[1]
         return (core.apply_lora(model, path, strength_model=strength_model, strength_text=strength_text),)
 
 
@@ -184,8 +187,10 @@ class IPX2PApplyEmbedding:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, embedding_name):
+        return _validate_name(embedding_name, "embeddings")
+
     def apply(self, model, embedding_name, name=""):
-        path = get_host().resolve_model("embeddings", embedding_name)
-        if path is None:
-            raise core.IP2PError(f"Embedding {embedding_name!r} not found in the embeddings folders.")
+        path = resolve_model_name(get_host(), embedding_name, ("embeddings",))[1]
         return (core.apply_embedding(model, path, name=name or None),)

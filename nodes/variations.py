@@ -45,10 +45,10 @@ class IPX2PGuidanceSweep:
                 "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid (optional)."}),
                 "text_guidances": ("STRING", {
                     "default": number_lists.format_number_list(defaults.SWEEP_TEXT_GUIDANCES),
-                    "tooltip": "Text guidance values, comma separated (grid rows)."}),
+                    "tooltip": "Text guidance values, comma separated (grid columns, across)."}),
                 "image_guidances": ("STRING", {
                     "default": number_lists.format_number_list(defaults.SWEEP_IMAGE_GUIDANCES),
-                    "tooltip": "Image guidance values, comma separated (grid columns)."}),
+                    "tooltip": "Image guidance values, comma separated (grid rows, down)."}),
                 **_sweep_sampler_inputs(),
                 **resize_inputs(),
                 **restore_size_input("results"),

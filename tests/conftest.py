@@ -85,3 +85,18 @@ def runner(tmp_path):
     yield r
     Slow.on_step = None
     set_host(previous)
+
+
+# The quick subset: `pytest -m "not slow"` leaves out the files below and tests marked @pytest.mark.slow; plain
+# `pytest` (and .ci/run) still runs everything. These files are the ones that spend minutes on 2 CPU cores: diffusers
+# side by side with the engine for every scheduler and family (parity), a real chromium driving the frontend
+# (browser), a local Ray cluster (batch_ray), and end-to-end runs of every example workflow, batch job and studio
+# prompt on the tiny models.
+SLOW_FILES = {"test_parity.py", "test_browser.py", "test_batch_ray.py", "test_batch.py", "test_batch_workflow.py",
+              "test_example_workflows.py", "test_per_row_seeds.py", "test_studio.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

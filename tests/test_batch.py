@@ -99,7 +99,8 @@ def test_csv_with_edit_options_on_sdxl(tiny_sdxl, photo, tmp_path):
     with Image.open(out / "p2.png") as img:
         assert json.loads(img.text["ipx2p"])["instruction"] == "make it a statue"
     with Image.open(out / "p1.png") as img:
-        assert img.size == (44, 32) and json.loads(img.text["ipx2p"])["mask"] == "mask.png"  # fit:64, restored (default)
+        assert img.size == (44, 32) and json.loads(img.text["ipx2p"])["mask"] == str(tmp_path / "mask.png")  # fit:64,
+        # restored (default); the mask's full path, so the PNG can run its edit again (ipx2p edit --from-png)
 
 
 def test_same_outputs_across_batch_sizes_and_workers(tiny_sd, photo, tmp_path, monkeypatch):

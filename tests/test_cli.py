@@ -108,6 +108,7 @@ def test_chain_writes_every_step(tiny_sd, photo, tmp_path, capsys):
     out = tmp_path / "chain.png"
     assert main(["chain", str(src), "make it winter", "add a snowman", "-m", str(tiny_sd["folder"]), "-o", str(out),
                  "--steps", "2", "-q"]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "chain_1.png"), str(tmp_path / "chain_2.png")]
+    assert capsys.readouterr().out.split() == [str(tmp_path / "chain_1.png"), str(tmp_path / "chain_2.png"),
+                                               str(out)]  # the steps, then the strip of them all
     assert json.loads(Image.open(tmp_path / "chain_2.png").text["ipx2p"])["chain"] == ["make it winter",
                                                                                        "add a snowman"]

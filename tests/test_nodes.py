@@ -51,7 +51,9 @@ def test_model_list_comes_from_host_folders(host):
     choices = ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].INPUT_TYPES()["required"]["model_name"][0]
     assert choices == ["[diffusers] tiny-sd", "[diffusers] tiny-sdxl"]
     assert ipx2p_nodes.NODE_CLASS_MAPPINGS["IPX2PLoadModel"].VALIDATE_INPUTS(model_name="nope.safetensors") \
-        .startswith("Model 'nope.safetensors' not found in the checkpoints folders")
+        .startswith(f"Model 'nope.safetensors' not found (looked in checkpoints: {host.models_dir / 'checkpoints'}; "
+                    f"diffusers: {host.models_dir / 'diffusers'}). Available: '[diffusers] tiny-sd', "
+                    "'[diffusers] tiny-sdxl'.")
 
 
 @pytest.mark.parametrize("model_name", ["[diffusers] tiny-sd", "[diffusers] tiny-sdxl"])

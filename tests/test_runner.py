@@ -192,7 +192,8 @@ def test_validation_image_files(runner, tmp_path):
     assert err["type"] == "custom_validation_failed" and "notes.png is not a readable image" in err["details"]
     prompt["1"]["inputs"]["image"] = "missing.png"
     (err,) = _errors(runner.run(prompt), "1")
-    assert err["details"] == "image - Invalid image file: missing.png"
+    assert err["details"] == f"image - Invalid image file: missing.png does not exist (looked for " \
+        f"{(tmp_path / 'in' / 'missing.png').resolve()})"
 
 
 def test_partial_runs_like_comfyui(runner):

@@ -506,7 +506,7 @@ def test_object_info_features_and_stubs(studio):
     assert list(out["/api/object_info/IPX2PSampler"]) == ["IPX2PSampler"] and out["/api/object_info/Nope"] == {}
     assert out["/api/features"]["supports_preview_metadata"] is True
     assert out["/api/features"]["max_upload_size"] == 100 * 1024 * 1024
-    assert out["/api/embeddings"] == [] and out["/templates/index.json"] == []
+    assert out["/api/embeddings"] == [] and out["/templates/index.json"][0]["title"] == PACK_NAME
     assert [f["name"] for f in out["/api/experiment/models"]] == ["checkpoints", "diffusers", "loras", "embeddings"]
     assert out["/api/experiment/models/diffusers"][0]["name"] == "tiny-sd"
     assert out["/api/models/diffusers"] == ["tiny-sd"]
@@ -534,6 +534,12 @@ def test_templates_and_extensions(dirs, tmp_path):
                     out["jpg"] = (r.status, r.content_type)
                 async with s.get(server.url + f"/api/workflow_templates/{PACK_NAME}/..%2F..%2Fpyproject.toml") as r:
                     out["escape"] = r.status
+                async with s.get(server.url + "/templates/index.json") as r:
+                    out["index"] = await r.json()
+                for name in ("ipx2p_sd15_staged.json", "ipx2p_sd15_staged-1.jpg", "pyproject.toml",
+                             "..%2Fpyproject.toml", "nope.json"):
+                    async with s.get(server.url + f"/templates/{name}") as r:
+                        out[f"/templates/{name}"] = (r.status, r.content_type)
                 async with s.get(server.url + "/api/extensions") as r:
                     out["extensions"] = await r.json()
                 async with s.get(server.url + f"/extensions/{PACK_NAME}/sub/pad.js") as r:
@@ -545,7 +551,22 @@ def test_templates_and_extensions(dirs, tmp_path):
     examples = sorted(name[:-5] for name in os.listdir(os.path.join(REPO, "example_workflows"))
                       if name.endswith(".json"))
     assert {"ipx2p_sd15_staged", "ipx2p_sd15_edit_image", "ipx2p_sdxl_edit", "ipx2p_cosxl_edit"} <= set(examples)
-    assert out["templates"] == {PACK_NAME: examples}
+    # the examples are listed in /templates/index.json, with the title and one-line description each carries
+    # (the pinned frontend would show a /workflow_templates entry by its file name); their files stay served there
+    assert out["templates"] == {}
+    (category,) = out["index"]
+    assert (category["moduleName"], category["title"]) == ("default", PACK_NAME)
+    assert [t["name"] for t in category["templates"]] == examples
+    for t in category["templates"]:
+        with open(os.path.join(REPO, "example_workflows", f"{t['name']}.json")) as f:
+            info = json.load(f)["extra"]["ipx2p_template"]
+        assert (t["title"], t["description"], t["mediaSubtype"]) == (info["title"], info["description"], "jpg")
+        assert t["title"] != t["name"] and 20 < len(t["description"]) < 120 and "\n" not in t["description"]
+    staged = next(t for t in category["templates"] if t["name"] == "ipx2p_sd15_staged")
+    assert staged["title"] == "SD 1.5 \u00b7 staged nodes"
+    assert out["/templates/ipx2p_sd15_staged.json"] == (200, "application/json")
+    assert out["/templates/ipx2p_sd15_staged-1.jpg"] == (200, "image/jpeg")
+    assert [out[f"/templates/{n}"][0] for n in ("pyproject.toml", "..%2Fpyproject.toml", "nope.json")] == [404] * 3
     with open(os.path.join(REPO, "example_workflows", "ipx2p_sd15_staged.json")) as f:
         assert out["json"] == (200, json.load(f))
     assert out["jpg"] == (200, "image/jpeg")

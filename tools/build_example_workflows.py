@@ -221,30 +221,35 @@ def sweep(model_name, note, instruction="make it winter", prefix="ipx2p_sweep"):
     return wf
 
 
-WHERE_SD15 = ("Model: instruct-pix2pix-00-22000.safetensors in models/checkpoints (from huggingface.co/"
-              "timbrooks/instruct-pix2pix), or the diffusers folder timbrooks/instruct-pix2pix in models/diffusers. "
+WHERE_SD15 = ("Model: this graph names instruct-pix2pix-00-22000.safetensors (from huggingface.co/"
+              "timbrooks/instruct-pix2pix): put it in models/checkpoints. Have the diffusers folder instead? Put it "
+              "in models/diffusers/instruct-pix2pix and pick '[diffusers] instruct-pix2pix' in Load Model. "
               "MagicBrush and HQ-Edit SD 1.5 models work the same way.")
 
 EXAMPLES = {
     "ipx2p_sd15_staged": (
         lambda: staged(SD15_FILE, "InstructPix2Pix, stage by stage. Change only a guidance value and only the "
                        "sampler and decode run again.\n\n" + WHERE_SD15),
-        "SD 1.5 · staged nodes", "make it winter"),
+        "SD 1.5 · staged nodes", "make it winter",
+        "Encode, sample and decode as separate nodes: change a guidance value and only the sampler re-runs."),
     "ipx2p_sd15_edit_image": (
         lambda: one_node(SD15_FILE, "The whole edit in one node: same pixels as the staged graph with the same "
                          "settings.\n\n" + WHERE_SD15),
-        "SD 1.5 · one-node edit", "make it winter"),
+        "SD 1.5 · one-node edit", "make it winter",
+        "The whole InstructPix2Pix edit in one node, same pixels as the staged graph."),
     "ipx2p_sdxl_edit": (
         lambda: staged(SDXL_FOLDER, "SDXL InstructPix2Pix, trained at 768 px (resize fit 768).\n\nModel: the "
                        "diffusers folder diffusers/sdxl-instructpix2pix-768, placed in models/diffusers/"
                        "sdxl-instructpix2pix-768.", resize="fit", size=768, steps=30, prefix="ipx2p_sdxl"),
-        "SDXL InstructPix2Pix", "make it winter"),
+        "SDXL InstructPix2Pix", "make it winter",
+        "SDXL InstructPix2Pix (diffusers folder) at 768 px."),
     "ipx2p_cosxl_edit": (
         lambda: staged(COSXL_FILE, "CosXL Edit: SDXL with EDM v-prediction (the scheduler 'auto' picks EDM "
                        "Euler). Works best around 1024 px, text guidance ~5.\n\nModel: cosxl_edit.safetensors in "
                        "models/checkpoints (from huggingface.co/stabilityai/cosxl; non-commercial licence).",
                        resize="fit", size=1024, steps=20, text_guidance=5.0, prefix="ipx2p_cosxl"),
-        "CosXL Edit", "make it winter"),
+        "CosXL Edit", "make it winter",
+        "CosXL Edit: SDXL with EDM v-prediction at 1024 px, text guidance 5."),
     "ipx2p_lora_embedding": (
         lambda: staged(SD15_FILE, "A LoRA and a textual-inversion embedding on one branch. Apply nodes return new "
                        "models: other branches from the same Load Model are unaffected. Use the embedding in the "
@@ -252,16 +257,19 @@ EXAMPLES = {
                        "models/loras; embedding: any SD 1.5 embedding in models/embeddings.",
                        instruction="turn it into a watercolor painting, embedding:style", lora="style_lora.safetensors",
                        embedding="style.safetensors", prefix="ipx2p_lora"),
-        "LoRA + embedding", "turn it into a watercolor painting"),
+        "LoRA + embedding", "turn it into a watercolor painting",
+        "A LoRA and a textual-inversion embedding on one branch; other branches stay unchanged."),
     "ipx2p_masked_edit": (
         lambda: masked(SD15_FILE, "Regional edit: only the masked area changes, everything else keeps the input's "
                        "pixels exactly. The mask is the image's transparency (paint it in ComfyUI's mask editor: "
                        "right-click Load Image > Open in MaskEditor).\n\n" + WHERE_SD15),
-        "SD 1.5 · masked edit (sky only)", "make the sky a starry night"),
+        "SD 1.5 · masked edit (sky only)", "make the sky a starry night",
+        "Edit only the masked sky; every pixel outside the mask stays the input's."),
     "ipx2p_guidance_sweep": (
         lambda: sweep(SD15_FILE, "Guidance sweep: 3 text x 3 image guidance values, same seed, one batched UNet call "
                       "per step; the contact sheet labels each cell.\n\n" + WHERE_SD15),
-        "SD 1.5 · 3x3 guidance sweep", "make it winter"),
+        "SD 1.5 · 3x3 guidance sweep", "make it winter",
+        "3 text x 3 image guidance values, same seed, on one labelled contact sheet."),
 }
 
 
@@ -308,8 +316,11 @@ def main():
     alpha[:200] = 0  # transparent sky: LoadImage turns transparency into the MASK (1 = edit)
     sky.putalpha(Image.fromarray(alpha))
     sky.save(OUT / "input" / MASKED_IMAGE)
-    for name, (build, title, instruction) in EXAMPLES.items():
-        (OUT / f"{name}.json").write_text(json.dumps(build().to_json(), indent=1) + "\n")
+    for name, (build, title, instruction, description) in EXAMPLES.items():
+        workflow = build().to_json()
+        # the studio's template dialog shows these (ComfyUI's own dialog shows custom-node templates by file name)
+        workflow["extra"]["ipx2p_template"] = {"title": title, "description": description}
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         thumbnail(photo, title, instruction).save(OUT / f"{name}.jpg", quality=88)
         print("wrote", OUT / f"{name}.json")
 

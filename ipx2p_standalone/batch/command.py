@@ -152,7 +152,7 @@ def _edit_spec(args, out: Path) -> tuple[JobSpec, str]:
     from ipx2p_core.models import resolve_model_path
 
     from ..edit_commands import _settings, check_instructions, parse_lora_argument
-    from ..model_download import resolve_model_argument
+    from ..model_download import local_model_path, resolve_model_argument
 
     if not args.model:
         raise BadCommand("--model is needed (or --workflow to run a workflow file per row).")
@@ -163,7 +163,8 @@ def _edit_spec(args, out: Path) -> tuple[JobSpec, str]:
     if args.mask and not Path(args.mask).is_file():
         raise BadCommand(f"Mask not found: {args.mask} (looked for {Path(args.mask).absolute()}).")
     model_path = str(resolve_model_path(resolve_model_argument(args.model)))
-    loras = tuple(parse_lora_argument(v) for v in args.lora)
+    loras = tuple((local_model_path(p, ("loras",)), s, t) for p, s, t in map(parse_lora_argument, args.lora))
+    args.embedding = [local_model_path(p, ("embeddings",)) for p in args.embedding]
     for path in [p for p, _, _ in loras] + list(args.embedding):
         if not Path(path).exists():
             raise BadCommand(f"File not found: {path} (looked for {Path(path).absolute()}).")

@@ -185,7 +185,9 @@ class EditWorker:
 
         task = p.task
         args = SimpleNamespace(instruction=task.instruction, negative=task.negative, resize=task.resize,
-                               dtype=_precision(model), mask=task.inputs.get("mask", task.mask), **task.settings)
+                               dtype=_precision(model), mask=task.mask, image=task.image, config=self.spec.config,
+                               restore_size=self.spec.restore_size, mask_grow=self.spec.mask_grow,
+                               mask_feather=self.spec.mask_feather, **task.settings)
         meta = {**settings_metadata(args, model, task.settings["seed"]), "index": 0}
         buffer = io.BytesIO()
         images_to_pil(pixels[None])[0].save(buffer, format="PNG", pnginfo=png_info(meta))

@@ -14,9 +14,11 @@ import asyncio
 import collections
 import dataclasses
 import importlib.resources
+import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -61,6 +63,19 @@ def packaged_folder(name: str) -> Path:
     """The pack's ``web`` or ``example_workflows`` folder: inside the installed studio package in a wheel, the
     repository's folder in an editable install (pyproject.toml maps the package names to them)."""
     return Path(str(importlib.resources.files(f"{__package__}.{name}")))
+def studio_home() -> Path:
+    """The studio's working folder: $IPX2P_STUDIO_HOME, else the per-user data folder platformdirs would give
+    (``$XDG_DATA_HOME`` or ~/.local/share on Linux, ~/Library/Application Support on macOS, %LOCALAPPDATA% on
+    Windows) + ``ipx2p/studio``. Written out (eight lines) rather than adding platformdirs for it."""
+    if os.environ.get("IPX2P_STUDIO_HOME"):
+        return Path(os.environ["IPX2P_STUDIO_HOME"]).expanduser().absolute()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser().absolute() / "ipx2p" / "studio"
 
 
 class StudioError(RuntimeError):
@@ -72,9 +87,11 @@ class StudioConfig:
     host: str = "127.0.0.1"
     port: int = 8188
     models_dir: str | os.PathLike | None = None  # None: $IPX2P_MODELS or ./models
-    output_dir: str | os.PathLike = "output"
-    input_dir: str | os.PathLike = "input"
-    user_dir: str | os.PathLike = "user"
+    # None: input/, output/ and user/ under studio_home() (a per-user data folder), never the current folder, so
+    # starting the studio inside a checkout leaves it clean
+    output_dir: str | os.PathLike | None = None
+    input_dir: str | os.PathLike | None = None
+    user_dir: str | os.PathLike | None = None
     temp_dir: str | os.PathLike | None = None  # None: a fresh temporary folder, removed at exit
     device: str | None = None
     compile_models: bool = False  # fast mode for every model loaded (--compile)
@@ -178,12 +195,15 @@ class Studio:
             else Path(config.temp_dir)
         # our own temporary folder goes when the server stops, or with this object if it never ran
         self._remove_temp = weakref.finalize(self, shutil.rmtree, temp, True) if self._own_temp else None
+        def folder(given, name: str) -> Path:
+            return Path(given if given is not None else studio_home() / name).expanduser().absolute()
+
         self.folders = {
-            "input": Path(config.input_dir).expanduser().absolute(),
-            "output": Path(config.output_dir).expanduser().absolute(),
+            "input": folder(config.input_dir, "input"),
+            "output": folder(config.output_dir, "output"),
             "temp": temp.expanduser().absolute(),
         }
-        self.user_dir = Path(config.user_dir).expanduser().absolute()
+        self.user_dir = folder(config.user_dir, "user")
         for folder in (*self.folders.values(), self.user_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -246,11 +266,43 @@ class Studio:
             urls.append(f"/extensions/{urllib.parse.quote(PACK_NAME)}/{urllib.parse.quote(rel.as_posix())}")
         return urls
 
-    def template_names(self) -> dict:
+    def example_names(self) -> list[str]:
         if not self.examples_dir.is_dir():
-            return {}
-        names = sorted(p.stem for p in self.examples_dir.glob("*.json") if p.is_file())
-        return {PACK_NAME: names} if names else {}
+            return []
+        return sorted(p.stem for p in self.examples_dir.glob("*.json") if p.is_file())
+
+    def template_names(self) -> dict:
+        """``/workflow_templates``: empty here. The pinned frontend shows a custom-node template with its file name
+        as title and description, so the studio lists the examples in ``/templates/index.json`` instead, where
+        each has the title and one-line description its workflow carries (``extra.ipx2p_template``). Inside
+        ComfyUI, ComfyUI lists them the custom-node way."""
+        return {}
+
+    def template_index(self) -> list[dict]:
+        """``/templates/index.json``: the examples as one category of the template dialog."""
+        templates = []
+        for name in self.example_names():
+            try:
+                info = json.loads((self.examples_dir / f"{name}.json").read_text(encoding="utf-8"))
+                info = info.get("extra", {}).get("ipx2p_template", {})
+            except (OSError, ValueError, AttributeError):
+                info = {}
+            templates.append({"name": name, "title": info.get("title", name),
+                              "description": info.get("description", ""), "mediaType": "image",
+                              "mediaSubtype": "jpg"})
+        if not templates:
+            return []
+        return [{"moduleName": "default", "title": PACK_NAME, "type": "image", "templates": templates}]
+
+    def template_file(self, file: str) -> Path | None:
+        """``/templates/NAME.json`` and the thumbnail ``/templates/NAME-1.jpg`` of an example, else None."""
+        stem, suffix = os.path.splitext(file)
+        if suffix == ".jpg" and stem.endswith("-1"):
+            stem = stem[:-2]
+        if suffix not in (".json", ".jpg") or stem not in self.example_names():
+            return None
+        path = self.examples_dir / f"{stem}{suffix}"
+        return path if path.is_file() else None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 

@@ -63,8 +63,6 @@ DELIBERATELY_UNSUPPORTED = {
     "/api/v2/customnode/*": "ComfyUI-Manager's API, as above",
     "/docs/*": "documentation pages of ComfyUI's core nodes (the comfyui-embedded-docs package); the studio has "
                "none of those nodes, and the frontend shows the node's description instead",
-    "/templates/*": "ComfyUI's own template gallery (the comfyui-workflow-templates package); /templates/index.json "
-                    "answers [] so the frontend never asks for these, and our examples come from /workflow_templates",
 }
 
 
@@ -396,7 +394,13 @@ class Api:
         return web.json_response(self.studio.template_names())
 
     async def core_templates(self, request: web.Request) -> web.Response:
-        return web.json_response([])
+        return web.json_response(self.studio.template_index())
+
+    async def core_template_file(self, request: web.Request) -> web.StreamResponse:
+        path = self.studio.template_file(request.match_info["file"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
 
     async def core_template_logos(self, request: web.Request) -> web.Response:
         return web.json_response({})  # logos of ComfyUI's own template gallery, which the studio does not ship
@@ -590,3 +594,4 @@ def add_api_routes(app: web.Application, api: Api, studio: "Studio") -> None:
         app.router.add_route(method, path, handler)
     app.router.add_get("/templates/index.json", api.core_templates)
     app.router.add_get("/templates/index_logo.json", api.core_template_logos)
+    app.router.add_get("/templates/{file}", api.core_template_file)  # the examples' files (see template_index)
