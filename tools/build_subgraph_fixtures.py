@@ -29,6 +29,8 @@ import build_example_workflows as bew  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "data" / "subgraphs"
 EXAMPLE = "ipx2p_sd15_subgraph"
+TEMPLATE = {"title": "SD 1.5 \u00b7 stages in a subgraph",
+            "description": "The staged SD 1.5 edit with its four stages packed into one subgraph node."}
 
 # Each case: the example it starts from, and JavaScript run in the page with g (the graph), node(id), sub(ids[,
 # graph]) (the frontend's convertToSubgraph on those nodes; returns the new subgraph node), app and LiteGraph.
@@ -128,6 +130,7 @@ def main():
             wf = json.loads((ROOT / "example_workflows" / f"{example}.json").read_text())
             got = page.evaluate(BUILD, [wf, code])
             out = ROOT / "example_workflows" / f"{EXAMPLE}.json"
+            got["workflow"].setdefault("extra", {})["ipx2p_template"] = dict(TEMPLATE)  # the studio's dialog shows it
             write_atomic(out, (json.dumps(got["workflow"], indent=1) + "\n").encode())
             jpg = io.BytesIO()
             bew.thumbnail(bew.example_photo(), "SD 1.5 · stages in a subgraph", "make it winter").save(
