@@ -378,8 +378,9 @@ def test_cli_lora_and_embedding_flags(tiny_sd, tmp_path, photo, capsys):
                  "--steps", "2", "--lora", f"{lora}:0.8:0.5", "--embedding", str(emb)])
     assert code == 0, capsys.readouterr().err
     meta = json.loads(Image.open(out).text["ipx2p"])
-    assert meta["loras"] == [{"file": "warm:er.safetensors", "strength_model": 0.8, "strength_text": 0.5}]
-    assert meta["embeddings"] == ["frost.pt"]
+    assert meta["loras"] == [{"file": "warm:er.safetensors", "path": str(lora), "strength_model": 0.8,
+                              "strength_text": 0.5}]
+    assert meta["embeddings"] == ["frost.pt"] and meta["embedding_paths"] == [str(emb)]
     assert main(["edit", str(src), "x", "-m", str(tiny_sd["folder"]), "-o", str(out), "-q",
                  "--lora", str(tmp_path / "nope.safetensors")]) == 2
     assert "LoRA file not found" in capsys.readouterr().err
