@@ -98,7 +98,7 @@ def test_folder_through_an_sdxl_workflow_with_one_instruction(models, photo, tmp
                         "NODE_ID.INPUT columns (e.g. 7.text_guidance)."),
     (["--set", "1.model_name=missing"], None, "the workflow cannot run: node 1 (IPX2PLoadModel, 'Load "
                                               "InstructPix2Pix Model'): input 'model_name': Model 'missing' not "
-                                              "found in the checkpoints folders"),
+                                              "found (looked in checkpoints: "),
     (["--set", "7.steps=2"], None, "the workflow cannot run: --set 7.steps: there is no node 7 in the workflow"),
 ])
 def test_workflow_bad_commands_exit_2(models, photo, tmp_path, capsys, extra, columns, message):

@@ -315,7 +315,7 @@ def test_prompt_validation_is_comfyuis_own_for_every_input_we_do_not_judge(comfy
     assert status == 400 and list(body["node_errors"]) == ["1"]
     (err,) = body["node_errors"]["1"]["errors"]
     assert err["type"] == "custom_validation_failed"
-    assert err["details"].startswith("model_name - Model 'nope.safetensors' not found in the checkpoints folders")
+    assert err["details"].startswith("model_name - Model 'nope.safetensors' not found (looked in checkpoints: ")
 
 
 def test_comfyuis_latent_upscale_between_sampler_and_decode(comfy):

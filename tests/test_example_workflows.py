@@ -116,7 +116,7 @@ def test_a_missing_model_is_one_error(runner):
     assert list(result.node_errors) == [load_id]
     (err,) = result.node_errors[load_id]["errors"]
     assert err["type"] == "custom_validation_failed"
-    assert err["details"].startswith("model_name - Model 'nope.safetensors' not found in the checkpoints folders")
+    assert err["details"].startswith("model_name - Model 'nope.safetensors' not found (looked in checkpoints: ")
 
 
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos; size is the body below it

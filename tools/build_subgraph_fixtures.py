@@ -68,7 +68,8 @@ EXAMPLE_CASE = ("ipx2p_sd15_staged", """
     node(7).widgets.find(w => w.name === 'filename_prefix').value = 'ipx2p_subgraph';
     node(8).widgets[0].value = NOTE; return s.id;""")
 NOTE = ("The staged edit packed into a subgraph: open it (the icon on its title) to see and change the stages; its "
-        "seed is promoted to the subgraph node. Runs headless too: ipx2p run this.json.\n\n" + bew.WHERE_SD15)
+        "seed is promoted to the subgraph node. Runs headless too: ipx2p run this.json.\n\n" + bew.WHERE_SD15 +
+        "\n\n" + bew.INPUTS_NOTE)
 
 BUILD = r"""async ([wf, code]) => {
   await app.loadGraphData(wf);
