@@ -82,7 +82,8 @@ def test_studio_and_edit_run_from_the_installed_wheel(wheel_env, tiny_sd, photo,
     assert edit.returncode == 0, edit.stderr
     assert edit.stdout.strip() == "out.jpg" and (tmp_path / "out.jpg").stat().st_size > 0
 
-    proc = subprocess.Popen([venv / "bin" / "ipx2p", "studio", "--port", "0", "--models", "models", "--device", "cpu"],
+    proc = subprocess.Popen([venv / "bin" / "ipx2p", "studio", "--port", "0", "--models", "models", "--device", "cpu",
+                             "--input-dir", "input", "--output-dir", "output", "--user-dir", "user"],
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         url, lines = None, []
@@ -108,8 +109,8 @@ def test_studio_and_edit_run_from_the_installed_wheel(wheel_env, tiny_sd, photo,
         assert info["IPX2PLoadModel"]["input"]["required"]["model_name"][0] == ["[diffusers] tiny-sd"]
         status, script = get("/extensions/comfyui-ipx2p/ipx2p_compare.js")
         assert status == 200 and script == (ROOT / "web" / "ipx2p_compare.js").read_bytes()
-        status, body = get("/api/workflow_templates")
-        assert status == 200 and "ipx2p_sd15_edit_image" in json.loads(body)["comfyui-ipx2p"]
+        status, body = get("/templates/index.json")  # the examples, with titles, from inside the wheel
+        assert status == 200 and "ipx2p_sd15_edit_image" in [t["name"] for t in json.loads(body)[0]["templates"]]
         assert (tmp_path / "input" / "ipx2p_example.png").is_file()  # the examples' inputs, copied at start
     finally:
         proc.send_signal(signal.SIGINT)

@@ -594,4 +594,4 @@ def add_api_routes(app: web.Application, api: Api, studio: "Studio") -> None:
         app.router.add_route(method, path, handler)
     app.router.add_get("/templates/index.json", api.core_templates)
     app.router.add_get("/templates/index_logo.json", api.core_template_logos)
-    app.router.add_get("/templates/{file}", api.core_template_file)  # the examples' files (see template_index)
+    app.router.add_get("/templates/{file:.+}", api.core_template_file)  # the examples' files (see template_index)
