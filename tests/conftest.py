@@ -90,10 +90,12 @@ def runner(tmp_path):
 # The quick subset: `pytest -m "not slow"` leaves out the files below and tests marked @pytest.mark.slow; plain
 # `pytest` (and .ci/run) still runs everything. These files are the ones that spend minutes on 2 CPU cores: diffusers
 # side by side with the engine for every scheduler and family (parity), a real chromium driving the frontend
-# (browser), a local Ray cluster (batch_ray), and end-to-end runs of every example workflow, batch job and studio
-# prompt on the tiny models.
-SLOW_FILES = {"test_parity.py", "test_browser.py", "test_batch_ray.py", "test_batch.py", "test_batch_workflow.py",
-              "test_example_workflows.py", "test_per_row_seeds.py", "test_studio.py"}
+# (browser, subgraphs_browser), a local Ray cluster (batch_ray), inductor compiles (fast), a wheel built and installed
+# in a fresh venv (wheel), a 200-prompt soak (studio_soak), and end-to-end runs of every example workflow, batch job
+# and studio prompt on the tiny models.
+SLOW_FILES = {"test_parity.py", "test_browser.py", "test_subgraphs_browser.py", "test_batch_ray.py", "test_batch.py",
+              "test_batch_workflow.py", "test_example_workflows.py", "test_per_row_seeds.py", "test_studio.py",
+              "test_fast.py", "test_wheel.py", "test_studio_soak.py"}
 
 
 def pytest_collection_modifyitems(config, items):

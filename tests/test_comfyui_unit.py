@@ -44,6 +44,7 @@ def fake_comfy(monkeypatch, tmp_path, tiny_sd):
     from ipx2p_nodes.comfy_host import ComfyHost
     from ipx2p_nodes.host import get_host, set_host
 
+    previous = get_host()  # before the fake folder_paths exists: else the default host would be a ComfyHost
     models = tmp_path / "models"
     (models / "diffusers").mkdir(parents=True)
     os.symlink(tiny_sd["folder"], models / "diffusers" / "tiny-sd")
@@ -68,7 +69,6 @@ def fake_comfy(monkeypatch, tmp_path, tiny_sd):
     for name, mod in (("folder_paths", folder_paths), ("comfy", comfy), ("comfy.model_management", mm),
                       ("comfy.model_patcher", patcher_mod)):
         monkeypatch.setitem(sys.modules, name, mod)
-    previous = get_host()
     set_host(ComfyHost())
     yield mm
     set_host(previous)

@@ -99,8 +99,11 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_no_half_file(tmp_path
     if writer == "save_image":  # SaveImage never replaces a file: its counter moves on; the new one must not appear
         target = "ComfyUI_00002_.png"
     env = {**os.environ, "IPX2P_TEST_PAUSE_MID_WRITE": "60", "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal delivers it, even when these tests run in the background (where the shell makes
+    # children ignore SIGINT, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path\nOUT = Path({str(out)!r})\n{code}"],
-                            env=env, cwd=ROOT, stderr=subprocess.PIPE)
+                            env=env, cwd=ROOT, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     temps: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:
