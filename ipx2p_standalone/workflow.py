@@ -18,6 +18,8 @@ frontend's rules:
 * Subgraphs (``definitions.subgraphs``) are expanded: a node inside one runs as ``"<subgraph node id>:<inner id>"``,
   links cross the subgraph boundary, widgets promoted to the subgraph node give their values (see
   :mod:`.execution_graph`, a port of the frontend 1.58.1 rules).
+* Legacy group nodes (``extra.groupNodes``, types ``workflow>NAME``) are first turned into subgraphs, as the
+  frontend 1.58.1 migrates them when it loads a workflow (:mod:`.group_nodes`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .execution_graph import MODE_BYPASS, MODE_NEVER, ExecutionGraph, GraphError, Value, node_mode
+from .execution_graph import ExecutionGraph, GraphError, Value
+from .group_nodes import GroupNodeError, has_group_nodes, migrate_group_nodes
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
@@ -109,8 +112,14 @@ class WidgetSlot:
 def widget_layout(cls) -> list[WidgetSlot]:
     """The positions of ``widgets_values`` for a node class, as the frontend lays out its widgets."""
     spec = input_types(cls)
+    return layout_for_specs([*spec["required"].items(), *spec["optional"].items()])
+
+
+def layout_for_specs(specs) -> list[WidgetSlot]:
+    """The positions of ``widgets_values`` for inputs ``[(name, spec), ...]`` in order (a node's, or a group
+    node's)."""
     slots: list[WidgetSlot] = []
-    for name, s in [*spec["required"].items(), *spec["optional"].items()]:
+    for name, s in specs:
         kind = widget_kind(s)
         if kind is None:
             continue
@@ -388,13 +397,19 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
     """Convert a UI-format workflow to an API prompt as the ComfyUI frontend does when it queues it.
 
     ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``).
-    Steps: 1. refuse what the runner cannot run (legacy group nodes); 2. read nodes and links, subgraphs expanded
-    to nodes with ids ``outer:inner``; 3. convert each node that is sent (widget values, then links, each followed
+    Steps: 1. check the file's shape, turn legacy group nodes into subgraphs (:mod:`.group_nodes`); 2. read nodes
+    and links, subgraphs expanded to nodes with ids ``outer:inner``; 3. convert each node that is sent (widget values, then links, each followed
     to the node that really feeds it, or to the widget promoted to its subgraph node); 4. drop links into nodes
     that were not sent.
     """
-    _refuse_unsupported(workflow)  # 1
-    workflow = copy.deepcopy(workflow)
+    _check_ui_workflow(workflow)  # 1
+    if has_group_nodes(workflow):  # legacy group nodes become subgraphs, as the frontend migrates them on load
+        try:
+            workflow = migrate_group_nodes(workflow, node_classes)
+        except GroupNodeError as exc:
+            raise WorkflowFormatError(str(exc)) from None
+    else:
+        workflow = copy.deepcopy(workflow)
     graph = _UiGraph(workflow, node_classes, display_names or {})  # 2
     conv = Conversion(prompt={}, workflow=workflow)
     for node_id, dto in graph.exec.nodes.items():  # 3
@@ -423,19 +438,10 @@ def _meta(graph: _UiGraph, node: dict) -> dict:
     return meta
 
 
-def _refuse_unsupported(workflow) -> None:
+def _check_ui_workflow(workflow) -> None:
     if not is_ui_workflow(workflow):
         raise WorkflowFormatError("Not a UI-format workflow (no 'nodes' list).")
     _check_shape(workflow)
-    group_nodes = (workflow.get("extra") or {}).get("groupNodes") or {}
-    for node in workflow["nodes"]:
-        ntype = node.get("type") if isinstance(node, dict) else None
-        if isinstance(ntype, str) and (ntype in group_nodes or ntype.startswith(("workflow>", "workflow/"))) \
-                and node_mode(node) not in (MODE_NEVER, MODE_BYPASS):
-            raise WorkflowFormatError(
-                f"Node {node.get('id')} is a legacy group node ({ntype}), which the standalone runner does not run. "
-                "Open the workflow in a current ComfyUI frontend (1.2x or newer), which turns group nodes into "
-                "subgraphs, and save it again: subgraphs run here.")
 
 
 def _check_shape(workflow: dict) -> None:

@@ -462,6 +462,13 @@ def test_extensions_in_modern_node_design(page, browser, edited):
         split = page.evaluate("""(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'ipx2p_compare')
             .split""", edited["compare"])
         assert split == pytest.approx(0.3, abs=0.03)
+
+        # the node's context menu (Nodes 2.0 draws its own, from the same extension hook) sets a preset
+        page.locator(f"[data-node-id='{EDIT}']").first.click(button="right", position={"x": 60, "y": 12})
+        page.get_by_role("menuitem", name="Guidance preset").first.hover()
+        page.get_by_role("menuitem", name="Strong").first.click()
+        assert widget_value(page, EDIT, "text_guidance") == 10.0
+        assert widget_value(page, EDIT, "image_guidance") == 1.2
     finally:
         page.evaluate("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
     assert browser.unexpected_errors() == []

@@ -221,18 +221,28 @@ def test_dynamic_prompts_and_filename_prefix_replacements(runner):
         "inputs"]["text"] == "{a|b}"
 
 
-def test_unsupported_ui_features_are_clear_errors(runner):
-    # legacy group nodes: the current frontend turns them into subgraphs when it opens the file; the runner asks for that
+def test_group_nodes_the_migration_cannot_convert_are_clear_errors(runner):
+    # legacy group nodes become subgraphs (tests/test_group_nodes.py); what cannot be converted says why
     wf = ui([node(1, "MakeImage", ["a", 1, "fixed", 4, "red"]), node(2, "workflow>Pair", [])], [])
+    cases = [
+        ({}, "Node 2 is a group node (workflow>Pair), but the workflow has no 'extra.groupNodes.Pair' that says "
+             "what it holds."),
+        ({"Pair": {"nodes": [{"type": "Nope"}], "links": []}},
+         "Group node 'Pair' holds a node of type 'Nope', which is not installed."),
+        ({"Pair": {"nodes": [{"type": "PrimitiveNode"}], "links": []}},
+         "Group node 'Pair' holds a PrimitiveNode, which the runner cannot unpack from a group node. Open the "
+         "workflow in the ComfyUI frontend (it turns group nodes into subgraphs) and save it again."),
+    ]
+    for groups, message in cases:
+        wf["extra"]["groupNodes"] = groups
+        with pytest.raises(WorkflowFormatError) as caught:
+            ui_to_api(wf, runner.node_classes)
+        assert str(caught.value) == message
+        result = runner.run(wf)
+        assert result.status == "invalid" and message in result.error["message"]
+    # an empty group is dropped, as the frontend drops a group node it cannot convert
     wf["extra"]["groupNodes"] = {"Pair": {"nodes": [], "links": []}}
-    message = ("Node 2 is a legacy group node (workflow>Pair), which the standalone runner does not run. Open the "
-               "workflow in a current ComfyUI frontend (1.2x or newer), which turns group nodes into subgraphs, and "
-               "save it again: subgraphs run here.")
-    with pytest.raises(WorkflowFormatError) as caught:
-        ui_to_api(wf, runner.node_classes)
-    assert str(caught.value) == message
-    result = runner.run(wf)
-    assert result.status == "invalid" and message in result.error["message"]
+    assert list(ui_to_api(wf, runner.node_classes).prompt) == ["1"]
 
 
 def test_unknown_ui_node_type_is_reported_per_node(runner):

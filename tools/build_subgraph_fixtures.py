@@ -83,7 +83,7 @@ BUILD = r"""async ([wf, code]) => {
 }"""
 
 
-def start_studio(root: Path):
+def start_studio(root: Path, **config):
     import tiny_models
 
     from ipx2p_standalone.studio import StudioServer
@@ -96,7 +96,7 @@ def start_studio(root: Path):
     (d["user"] / "default").mkdir(parents=True, exist_ok=True)
     (d["user"] / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.Minimap.Visible": False}))
     server = StudioServer(models_dir=d["models"], input_dir=d["input"], output_dir=d["output"], user_dir=d["user"],
-                          temp_dir=d["temp"], device="cpu").start()
+                          temp_dir=d["temp"], device="cpu", **config).start()
     return server, d["profile"]
 
 

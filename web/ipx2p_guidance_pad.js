@@ -317,8 +317,10 @@ function addPad(node) {
 
 // The node's menu entries: guidance presets and, with a Guidance Sweep node in the graph, its pairs.
 function menuItems(node) {
+  // has_submenu: litegraph draws the arrow, and Nodes 2.0's menu (which converts these entries) shows a submenu
   const items = [{
     content: "Guidance preset",
+    has_submenu: true,
     submenu: {
       options: presets(node.ipx2pGuidanceDefaults).map(([label, text, image]) => ({
         content: `${label} (text ${text}, image ${image})`,
@@ -331,6 +333,7 @@ function menuItems(node) {
     const many = new Set(pairs.map(([sweep]) => sweep.id)).size > 1;
     items.push({
       content: "Guidance from sweep",
+      has_submenu: true,
       submenu: {
         options: pairs.map(([sweep, text, image]) => ({
           content: `${many ? `#${sweep.id}: ` : ""}text ${text} · image ${image}`,
