@@ -48,9 +48,10 @@ MODE_ENV = "IPX2P_COMPILE_MODE"  # overrides the plan's torch.compile mode, e.g.
 MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 TIMES_FILE = "ipx2p-compile-times.json"
 
-# Seconds a first (cold-cache) compile took where it was measured, shown before a model's first compile on a
-# machine. Measured with torch 2.13, fp32, 2 CPU cores (shared, so rough): see README "Fast mode".
-FIRST_COMPILE_ESTIMATE_S = {("cpu", "UNet"): 150, ("cpu", "VAE decoder"): 60, ("cuda", "UNet"): 90,
+# Seconds a first (cold-cache) compile takes, shown before a model's first compile on a machine. CPU UNet: SD 1.5,
+# torch 2.13, fp32, 2 idle cores, 244 s (bench/fast_start.py, README "Fast mode"); the others are guesses until
+# measured.
+FIRST_COMPILE_ESTIMATE_S = {("cpu", "UNet"): 240, ("cpu", "VAE decoder"): 60, ("cuda", "UNet"): 90,
                             ("cuda", "VAE decoder"): 40}
 
 
@@ -86,6 +87,8 @@ def plan_for(device: torch.device) -> FastPlan:
       into the graph as constants and lays them out once for oneDNN / MKL, instead of on every call); freezing
       alone: 0.88. Freezing keeps a second, prepacked copy of the UNet's weights (SD 1.5 fp32: +3.4 GB) and cannot
       follow LoRA changes without another copy per LoRA setting, so a LoRA turns compiling off for that model.
+      Those ratios were taken under heavy load; on the idle machine a compiled call took as long as a stock one
+      (3.502 s vs 3.520 s, wall time, bench_engine.py --compile), so on the CPU fast mode does not pay today.
     - CUDA: to be measured with bench/gpu_fast.py; no freezing there (weights move between devices under ComfyUI's
       model management, and LoRAs then recompile instead of turning compiling off).
     """

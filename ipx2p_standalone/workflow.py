@@ -398,9 +398,9 @@ def ui_to_api(workflow: dict, node_classes: dict, display_names: dict | None = N
 
     ``rng`` picks the options of dynamic prompts (``{a|b}`` in STRING widgets with ``dynamicPrompts``).
     Steps: 1. check the file's shape, turn legacy group nodes into subgraphs (:mod:`.group_nodes`); 2. read nodes
-    and links, subgraphs expanded to nodes with ids ``outer:inner``; 3. convert each node that is sent (widget values, then links, each followed
-    to the node that really feeds it, or to the widget promoted to its subgraph node); 4. drop links into nodes
-    that were not sent.
+    and links, subgraphs expanded to nodes with ids ``outer:inner``; 3. convert each node that is sent (widget
+    values, then links, each followed to the node that really feeds it, or to the widget promoted to its subgraph
+    node); 4. drop links into nodes that were not sent.
     """
     _check_ui_workflow(workflow)  # 1
     if has_group_nodes(workflow):  # legacy group nodes become subgraphs, as the frontend migrates them on load

@@ -115,7 +115,8 @@ def test_cli_runs_a_group_node_workflow(runner, tmp_path, capsys):  # noqa: F811
     path = tmp_path / "grouped.json"
     path.write_text(json.dumps(wf))
     out = tmp_path / "out"
-    sets = [a for k, v in tiny_overrides(migrate_group_nodes(wf, runner.node_classes)).items() for a in ("--set", f"{k}={v}")]
+    migrated = migrate_group_nodes(wf, runner.node_classes)  # the ids the runner gives the group's nodes
+    sets = [a for k, v in tiny_overrides(migrated).items() for a in ("--set", f"{k}={v}")]
     args = ["run", str(path), "--output-dir", str(out), "--input-dir", str(copy_inputs(tmp_path / "in")),
             "--models", str(runner.models_dir), "--temp-dir", str(tmp_path / "t"), *sets]
     assert main(args) == 0, capsys.readouterr().err

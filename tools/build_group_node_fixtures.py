@@ -87,7 +87,8 @@ SELECT = r"""([ids]) => {
 CURRENT = r"""async ([wf]) => {
   const errors = [];
   const orig = console.error;
-  console.error = (...a) => { errors.push(a.map(x => (x && x.stack) ? String(x) + ' @ ' + x.stack.split('\n').slice(1, 4).join(' | ') : String(x)).join(' ')); orig(...a); };
+  const text = (x) => (x && x.stack) ? String(x) + ' @ ' + x.stack.split('\n').slice(1, 4).join(' | ') : String(x);
+  console.error = (...a) => { errors.push(a.map(text).join(' ')); orig(...a); };
   try {
     await app.loadGraphData(wf);
     const r = await app.graphToPrompt();
