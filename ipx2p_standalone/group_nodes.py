@@ -98,9 +98,12 @@ def group_layout(name: str, data: dict, node_classes: dict) -> GroupLayout:
     for index, node in enumerate(nodes):
         ntype = node.get("type")
         if ntype in NOT_PORTED:
+            # Frontends 1.27.10 and 1.58.1 both hand a grouped PrimitiveNode's value to the wrong widget (tried:
+            # a primitive on a sampler's seed ends up in its strength, resp. scrambles every value).
             raise GroupNodeError(
-                f"Group node {name!r} holds a {ntype}, which the runner cannot unpack from a group node. Open the "
-                "workflow in the ComfyUI frontend (it turns group nodes into subgraphs) and save it again.")
+                f"Group node {name!r} holds a {ntype}, which the runner cannot unpack from a group node (the ComfyUI "
+                "frontends misplace its value too). In ComfyUI, move it out of the group or ungroup the group node, "
+                "check the values it feeds, and save the workflow again.")
         cls = node_classes.get(ntype)
         if cls is None:
             raise GroupNodeError(f"Group node {name!r} holds a node of type {ntype!r}, which is not installed.")

@@ -230,8 +230,9 @@ def test_group_nodes_the_migration_cannot_convert_are_clear_errors(runner):
         ({"Pair": {"nodes": [{"type": "Nope"}], "links": []}},
          "Group node 'Pair' holds a node of type 'Nope', which is not installed."),
         ({"Pair": {"nodes": [{"type": "PrimitiveNode"}], "links": []}},
-         "Group node 'Pair' holds a PrimitiveNode, which the runner cannot unpack from a group node. Open the "
-         "workflow in the ComfyUI frontend (it turns group nodes into subgraphs) and save it again."),
+         "Group node 'Pair' holds a PrimitiveNode, which the runner cannot unpack from a group node (the ComfyUI "
+         "frontends misplace its value too). In ComfyUI, move it out of the group or ungroup the group node, check "
+         "the values it feeds, and save the workflow again."),
     ]
     for groups, message in cases:
         wf["extra"]["groupNodes"] = groups
