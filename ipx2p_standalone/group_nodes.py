@@ -74,9 +74,10 @@ def _input_specs(cls) -> dict:
 
 
 def group_layout(name: str, data: dict, node_classes: dict) -> GroupLayout:
-    """The frontend's ``GroupNodeConfig.registerType`` for one group: which inner inputs become the group's widgets
-    and sockets (unlinked ones; normal widgets per node, then inputs, then widgets that have a socket, after all
-    nodes), and which inner outputs its outputs are (those linked outside the group, or not linked inside)."""
+    """The frontend's ``GroupNodeConfig.registerType`` for one group, with the widget order of the frontends that
+    made group nodes: which inner inputs become the group's widgets and sockets (unlinked ones; normal widgets per
+    node, then inputs, then widgets that have a socket, after all nodes), and which inner outputs its outputs are
+    (those linked outside the group, or not linked inside)."""
     from .workflow import spec_options, widget_kind
 
     nodes = data.get("nodes")
@@ -94,7 +95,7 @@ def group_layout(name: str, data: dict, node_classes: dict) -> GroupLayout:
                 if isinstance(e, list) and len(e) >= 3 and e[2] is not None}
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     count = 0
-    converted_later: list[tuple[int, list[tuple[int, str]]]] = []
+    converted_later: list[tuple[int, int, list[tuple[int, str]]]] = []  # (inner node, its sockets, its widgets)
     for index, node in enumerate(nodes):
         ntype = node.get("type")
         if ntype in NOT_PORTED:
