@@ -273,12 +273,11 @@ def main():
                 date=time.strftime("%Y-%m-%d"))
 
     def write():
+        from ipx2p_core.atomic_files import write_atomic
+
         if not out_dir:
             return
-        path = Path(out_dir) / "gpu_fast.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**info, "rows": rows}, indent=1))
-        os.replace(tmp, path)
+        write_atomic(Path(out_dir) / "gpu_fast.json", json.dumps({**info, "rows": rows}, indent=1).encode())
 
     print(f"{info['gpu']}, torch {info['torch']} (CUDA {info['cuda']}), {args.steps} steps, runs {args.runs}",
           flush=True)

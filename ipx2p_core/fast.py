@@ -28,7 +28,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import types
@@ -39,6 +38,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
+from .atomic_files import write_atomic
 from .families import TEXT_TIME
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,7 @@ class CompileTimes:
             entry["warm" if cached else "cold"] = round(seconds, 1)
             data[key] = entry
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".times-", suffix=".tmp")
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
+                write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
             except OSError as exc:  # a read-only cache folder costs the estimate, nothing else
                 log.debug("could not record compile time in %s: %s", self.path, exc)
 
