@@ -25,7 +25,6 @@ import importlib.metadata
 import json
 import sys
 import tempfile
-import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from build_subgraph_fixtures import start_studio  # noqa: E402
+from build_subgraph_fixtures import launch_browser, open_studio_page, start_studio  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "data" / "group_nodes"
 
@@ -97,31 +96,14 @@ CURRENT = r"""async ([wf]) => {
 }"""
 
 
-def open_page(ctx, server):
-    page = ctx.new_page()
-    page.goto(server.url)
-    page.wait_for_function("() => !!(window.app && app.graph && window.LiteGraph "
-                           "&& LiteGraph.registered_node_types['IPX2PEditImage'])", timeout=180_000)
-    return page
-
-
-def browser(p, profile):
-    ctx = p.chromium.launch_persistent_context(
-        str(profile), executable_path="/usr/bin/chromium", headless=True,
-        args=["--headless", "--no-sandbox", "--disable-gpu"], viewport={"width": 1700, "height": 1000})
-    ctx.route(lambda url: urllib.parse.urlsplit(url).hostname not in ("127.0.0.1", "localhost"),
-              lambda route: route.fulfill(status=200, content_type="application/json", body="[]"))
-    return ctx
-
-
 def make_legacy(p, legacy_dir: Path) -> tuple[dict, str]:
     server, profile = start_studio(Path(tempfile.mkdtemp(prefix="ipx2p-groupnodes-legacy-")),
                                    frontend_dir=legacy_dir)
     infos = sorted(legacy_dir.parent.parent.glob("comfyui_frontend_package-*.dist-info"))
     version = infos[-1].name.removesuffix(".dist-info").split("-")[1] if infos else str(legacy_dir)
     try:
-        ctx = browser(p, profile)
-        page = open_page(ctx, server)
+        ctx = launch_browser(p, profile)
+        page = open_studio_page(ctx, server, timeout_ms=180_000)
         page.keyboard.press("Escape")  # the first-run template dialog
         made = {}
         for name, (example, steps) in CASES.items():
@@ -152,8 +134,8 @@ def make_legacy(p, legacy_dir: Path) -> tuple[dict, str]:
 def record_current(p, made: dict) -> dict:
     server, profile = start_studio(Path(tempfile.mkdtemp(prefix="ipx2p-groupnodes-current-")))
     try:
-        ctx = browser(p, profile)
-        page = open_page(ctx, server)
+        ctx = launch_browser(p, profile)
+        page = open_studio_page(ctx, server, timeout_ms=180_000)
         out = {}
         for name, legacy in made.items():
             got = page.evaluate(CURRENT, [legacy["workflow"]])

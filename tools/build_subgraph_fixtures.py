@@ -100,6 +100,25 @@ def start_studio(root: Path, **config):
     return server, d["profile"]
 
 
+def launch_browser(p, profile):
+    """Headless chromium (Playwright ``p``) with its own profile; requests off this machine get an empty answer."""
+    ctx = p.chromium.launch_persistent_context(
+        str(profile), executable_path="/usr/bin/chromium", headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu"], viewport={"width": 1700, "height": 1000})
+    ctx.route(lambda url: urllib.parse.urlsplit(url).hostname not in ("127.0.0.1", "localhost"),
+              lambda route: route.fulfill(status=200, content_type="application/json", body="[]"))
+    return ctx
+
+
+def open_studio_page(ctx, server, timeout_ms: int = 120_000):
+    """A page on the studio, once the frontend has registered this pack's nodes."""
+    page = ctx.new_page()
+    page.goto(server.url)
+    page.wait_for_function("() => !!(window.app && app.graph && window.LiteGraph "
+                           "&& LiteGraph.registered_node_types['IPX2PEditImage'])", timeout=timeout_ms)
+    return page
+
+
 def main():
     from playwright.sync_api import sync_playwright
 
@@ -110,15 +129,8 @@ def main():
     FIXTURES.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                str(profile), executable_path="/usr/bin/chromium", headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu"], viewport={"width": 1700, "height": 1000})
-            ctx.route(lambda url: urllib.parse.urlsplit(url).hostname not in ("127.0.0.1", "localhost"),
-                      lambda route: route.fulfill(status=200, content_type="application/json", body="[]"))
-            page = ctx.new_page()
-            page.goto(server.url)
-            page.wait_for_function("() => !!(window.app && app.graph && window.LiteGraph "
-                                   "&& LiteGraph.registered_node_types['IPX2PEditImage'])", timeout=120_000)
+            ctx = launch_browser(p, profile)
+            page = open_studio_page(ctx, server)
             for name, (example, code) in CASES.items():
                 wf = json.loads((ROOT / "example_workflows" / f"{example}.json").read_text())
                 got = page.evaluate(BUILD, [wf, code])
